@@ -1,0 +1,60 @@
+# maskcore: every target installs what it needs into .venv first, so each works from a fresh clone.
+# `make help` lists the targets.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+# Stamps record what was installed against which pyproject.toml; editing it reinstalls.
+INFER_STAMP := $(VENV)/.stamp-inference
+ALL_STAMP   := $(VENV)/.stamp-all
+
+DATA   ?= ../shared/datasets/face-mask
+OUT    ?= out/model
+INPUT  ?=
+OUTPUT ?= results/$(shell date -u +%Y%m%dT%H%M%SZ)
+MODEL  ?=
+ARGS   ?=
+
+.PHONY: help install install-inference test lint audit train batch bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(INFER_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(ALL_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[train,test]"
+	touch $@ $(INFER_STAMP)
+
+install: $(ALL_STAMP)  ## create .venv with the project, training and test dependencies
+
+install-inference: $(INFER_STAMP)  ## create .venv with the inference side only (no TensorFlow)
+
+test: $(ALL_STAMP)  ## run the test suite
+	$(PY) -m pytest $(ARGS)
+
+lint: $(ALL_STAMP)  ## ruff over the code
+	$(BIN)/ruff check maskcore jobs tests
+
+audit: $(INFER_STAMP)  ## audit a dataset: make audit DATA=dir
+	$(BIN)/maskcore audit "$(DATA)" $(ARGS)
+
+train: $(ALL_STAMP)  ## train, evaluate and export: make train DATA=dir OUT=dir
+	$(BIN)/maskcore train "$(DATA)" --out "$(OUT)" $(ARGS)
+
+batch: $(INFER_STAMP)  ## classify pictures: make batch INPUT=dir/ [OUTPUT=dir] [MODEL=model.onnx]
+	@test -n "$(INPUT)" || { echo "usage: make batch INPUT=dir/ [OUTPUT=dir] [MODEL=path]" >&2; exit 2; }
+	$(BIN)/maskcore batch "$(INPUT)" --out "$(OUTPUT)" $(if $(MODEL),--model "$(MODEL)") $(ARGS)
+
+bench: $(ALL_STAMP)  ## speed benchmark -> docs/BENCHMARKS.md: make bench [DATA=dir]
+	$(PY) -m jobs.bench --data "$(DATA)" --write docs/BENCHMARKS.md $(ARGS)
+
+clean:  ## remove results and caches (keeps .venv)
+	rm -rf results out .pytest_cache .ruff_cache

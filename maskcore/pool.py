@@ -1,0 +1,28 @@
+"""Process pools for CPU-bound decoding, sized for the machine and safe to start from any parent."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+
+__all__ = ["default_workers", "make_pool"]
+
+
+def default_workers() -> int:
+    """All the cores this process may use (honours CPU affinity and cgroup-limited sets)."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not on Linux
+        return max(os.cpu_count() or 1, 1)
+
+
+def make_pool(workers: int) -> Executor:
+    """A pool of ``workers`` processes; 0 means decode in threads of this process instead.
+
+    Processes are spawned, not forked: a parent that has loaded TensorFlow or ONNX Runtime (with
+    their thread pools) cannot be forked safely, and spawn costs well under a second once.
+    """
+    if workers <= 0:
+        return ThreadPoolExecutor(max_workers=2)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))

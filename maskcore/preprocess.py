@@ -1,0 +1,245 @@
+"""The one preprocessing path, from encoded bytes to model input, shared by training and serving.
+
+Training (``jobs/train.py``) and every inference job call :func:`preprocess` / :func:`load`; nothing
+else in the project decodes a picture for the model. Its constants live in :class:`PreprocessSpec`,
+which the model card records, so inference rebuilds the spec from the card instead of repeating them.
+
+The steps, in order (``PREPROCESS_VERSION`` names exactly this sequence; change it when a step
+changes, since a model trained on one version must not be served with another):
+
+1. Identify the format by content (Pillow's magic-number sniffing over :data:`ALLOWED_FORMATS`),
+   never by file name.
+2. Refuse pictures over ``max_pixels`` from the header alone, before any pixel is decoded.
+3. For JPEG, let the decoder shrink by 1/2, 1/4 or 1/8 while staying at least the target size
+   (``Image.draft``): far less work on large photos, and identical for training and serving.
+4. Take the first frame of animated pictures; apply the EXIF orientation tag.
+5. Convert to 8-bit RGB; alpha (and palette or tRNS transparency) is flattened onto ``background``.
+   16-bit and 32-bit integer greys are scaled from 0..65535, float greys from 0..1 (see
+   :func:`_to_rgb`).
+6. Resize to ``size`` (height, width), stretching without crop, with ``resample``.
+7. Scale to float32 in [0, 1].
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Register exactly the plugins of ALLOWED_FORMATS (Pillow loads most plugins lazily, and
+# Image.open(formats=...) fails with a KeyError for one not yet loaded).
+from PIL import (  # noqa: F401  (imported for their registration side effect)
+    BmpImagePlugin,
+    GifImagePlugin,
+    JpegImagePlugin,
+    MpoImagePlugin,
+    PngImagePlugin,
+    PpmImagePlugin,
+    TiffImagePlugin,
+    WebPImagePlugin,
+)
+
+from maskcore.errors import ImageDecodeError
+
+__all__ = [
+    "ALLOWED_FORMATS",
+    "PREPROCESS_VERSION",
+    "Decoded",
+    "PreprocessSpec",
+    "load",
+    "preprocess",
+    "preprocess_batch",
+]
+
+#: Bumped whenever any step above changes the numbers it produces.
+PREPROCESS_VERSION = "mc-pre-1"
+
+#: Formats we decode. Pillow can open more (EPS would start Ghostscript, for one); these are the
+#: raster formats cameras, phones and the web produce. SVG and HEIC are not among them on purpose.
+#: Multi-picture camera JPEGs (MPO) open through the JPEG entry and come back with format "MPO".
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+}
+
+# EXIF orientations 5-8 turn the picture a quarter, so width and height trade places.
+_EXIF_ORIENTATION = 0x0112
+_QUARTER_TURNS = {5, 6, 7, 8}
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """Everything that decides the numbers the model sees. Recorded in the model card."""
+
+    size: tuple[int, int] = (128, 128)  # (height, width) of the model input
+    resample: str = "bilinear"  # Pillow's filter; its bilinear antialiases when shrinking
+    background: tuple[int, int, int] = (255, 255, 255)  # where alpha is flattened onto
+    scale: float = 1.0 / 255.0  # uint8 -> [0, 1]
+    max_pixels: int = 64_000_000  # refused above this, read from the header
+    version: str = field(default=PREPROCESS_VERSION)
+
+    def __post_init__(self) -> None:
+        if self.resample not in _RESAMPLE:
+            raise ValueError(f"resample must be one of {sorted(_RESAMPLE)}, not {self.resample!r}")
+        if len(self.size) != 2 or min(self.size) < 8:
+            raise ValueError(f"size must be (height, width) of at least 8 px, not {self.size!r}")
+        if self.max_pixels < 1:
+            raise ValueError("max_pixels must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as JSON-ready values (for the model card and manifests)."""
+        d = asdict(self)
+        d["size"] = list(self.size)
+        d["background"] = list(self.background)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
+        """Rebuild a spec from :meth:`to_dict` output; refuses a version this code does not run."""
+        version = d.get("version")
+        if version != PREPROCESS_VERSION:
+            raise ValueError(
+                f"preprocessing version {version!r} is not implemented here "
+                f"(this code runs {PREPROCESS_VERSION!r})"
+            )
+        return cls(
+            size=(int(d["size"][0]), int(d["size"][1])),
+            resample=str(d["resample"]),
+            background=tuple(int(c) for c in d["background"]),  # type: ignore[arg-type]
+            scale=float(d["scale"]),
+            max_pixels=int(d.get("max_pixels", cls.max_pixels)),
+            version=version,
+        )
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One preprocessed picture and what was learned about it on the way."""
+
+    array: np.ndarray  # float32, (H, W, 3), in [0, 1]
+    width: int  # original width, after EXIF orientation
+    height: int  # original height, after EXIF orientation
+    format: str  # as identified from the content, e.g. "JPEG"
+    mode: str  # Pillow mode before conversion, e.g. "P", "RGBA"
+
+
+DEFAULT_SPEC = PreprocessSpec()
+
+
+def load(data: bytes, spec: PreprocessSpec = DEFAULT_SPEC) -> Decoded:
+    """Decode encoded picture bytes into model input, with the original size and format.
+
+    Args:
+        data: the file's bytes, any allowed format (identified by content).
+        spec: the preprocessing constants; take them from the model card when serving.
+
+    Returns:
+        A :class:`Decoded` whose ``array`` is float32 (H, W, 3) in [0, 1].
+
+    Raises:
+        ImageDecodeError: for anything that is not a decodable picture within the pixel limit.
+    """
+    if not data:
+        raise ImageDecodeError("empty file (0 bytes)")
+    try:
+        # Pillow's own bomb check only warns below twice its limit; ours below is the one that
+        # counts, so silence its warning rather than let it leak into a user's log.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            width, height = im.size
+            if width < 1 or height < 1:
+                raise ImageDecodeError(f"picture has no pixels ({width}x{height})")
+            if width * height > spec.max_pixels:
+                raise ImageDecodeError(
+                    f"picture is {width}x{height} = {width * height / 1e6:.1f} megapixels, over the "
+                    f"limit of {spec.max_pixels / 1e6:g} megapixels"
+                )
+            fmt, mode = im.format or "?", im.mode
+            orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+            if orientation in _QUARTER_TURNS:
+                width, height = height, width
+            if fmt in ("JPEG", "MPO"):
+                # Keep at least the target on both sides whatever the orientation turns out to be.
+                side = max(spec.size)
+                im.draft("RGB", (side, side))
+            im = ImageOps.exif_transpose(im) or im
+            rgb = _to_rgb(im, spec.background)
+            out_h, out_w = spec.size
+            if rgb.size != (out_w, out_h):
+                rgb = rgb.resize((out_w, out_h), _RESAMPLE[spec.resample])
+            pixels = np.asarray(rgb, dtype=np.uint8)
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"picture over Pillow's pixel limit: {exc}") from exc
+    except Exception as exc:  # Pillow's plugins raise many types; all mean "not a picture for us".
+        raise ImageDecodeError(_describe(exc)) from exc
+    array = pixels.astype(np.float32) * np.float32(spec.scale)
+    return Decoded(array=array, width=width, height=height, format=fmt, mode=mode)
+
+
+def preprocess(data: bytes, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:
+    """Encoded bytes -> float32 (H, W, 3) in [0, 1]. See :func:`load` for errors."""
+    return load(data, spec).array
+
+
+def preprocess_batch(items: Sequence[bytes], spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:
+    """Many encoded pictures -> float32 (N, H, W, 3); raises on the first undecodable one.
+
+    Jobs that must survive bad pictures call :func:`load` per item and keep the failures as rows.
+    """
+    h, w = spec.size
+    out = np.empty((len(items), h, w, 3), dtype=np.float32)
+    for i, data in enumerate(items):
+        out[i] = preprocess(data, spec)
+    return out
+
+
+def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB, flattening alpha and transparency onto ``background``."""
+    mode = im.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        im = _high_depth_to_l(im)
+        mode = "L"
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(base, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def _high_depth_to_l(im: Image.Image) -> Image.Image:
+    """16/32-bit integer and float greys -> 8-bit grey by a fixed rule, not Pillow's clipping.
+
+    Pillow's own ``convert("L")`` clips 16-bit values at 255, which turns most 16-bit pictures white.
+    Integers are taken as 0..65535 (PNG and TIFF store 16-bit greys in these modes); floats as 0..1.
+    """
+    a = np.asarray(im)
+    if im.mode == "F":
+        a = np.clip(np.nan_to_num(a.astype(np.float64)), 0.0, 1.0) * 255.0
+    else:
+        a = np.clip(a.astype(np.float64), 0, 65535) / 257.0
+    return Image.fromarray(np.rint(a).astype(np.uint8), mode="L")
+
+
+def _describe(exc: Exception) -> str:
+    """A one-line, user-readable reason for a decode failure."""
+    text = str(exc).strip() or type(exc).__name__
+    if type(exc).__name__ == "UnidentifiedImageError":
+        allowed = ", ".join(ALLOWED_FORMATS)
+        return f"not a picture in a supported format ({allowed})"
+    if "truncated" in text.lower():
+        return f"truncated or corrupt picture: {text}"
+    return f"cannot decode picture: {text}"
