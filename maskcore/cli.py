@@ -20,8 +20,8 @@ __all__ = ["main", "run_command"]
 COMMANDS: dict[str, str] = {
     "audit": "jobs.audit:audit",
     "train": "jobs.train:train",
-    "batch": "jobs.batch:batch",
-    "worker": "jobs.worker:worker",
+    # "batch": "jobs.batch:batch",
+    # "worker": "jobs.worker:worker",
 }
 
 

@@ -182,7 +182,11 @@ def load(data: bytes, spec: PreprocessSpec = DEFAULT_SPEC) -> Decoded:
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"picture over Pillow's pixel limit: {exc}") from exc
+        # Pillow refuses by itself above twice its MAX_IMAGE_PIXELS (about 179 MP), before we see
+        # the size; that caps max_pixels in effect, and the message says the same thing as ours.
+        raise ImageDecodeError(
+            f"picture is over the limit of {spec.max_pixels / 1e6:g} megapixels ({exc})"
+        ) from exc
     except Exception as exc:  # Pillow's plugins raise many types; all mean "not a picture for us".
         raise ImageDecodeError(_describe(exc)) from exc
     array = pixels.astype(np.float32) * np.float32(spec.scale)

@@ -1,0 +1,235 @@
+"""``maskcore train DATA_DIR --out DIR``: audit, split, train, evaluate, plot, export to ONNX, card.
+
+The steps are library functions (``maskcore.dataset``, ``split``, ``cnn``, ``metrics``, ``plots``,
+``export``, ``card``); this module runs them in order and writes what each produces. TensorFlow is
+imported only once the data has been read, inside :func:`run_training`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import asdict, replace
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from maskcore.card import ModelCard, file_sha256
+from maskcore.cli import run_command
+from maskcore.dataset import IMBALANCE_RATIO, audit, format_audit, inspect, scan
+from maskcore.errors import DatasetError, ModelError
+from maskcore.metrics import evaluate
+from maskcore.preprocess import PreprocessSpec
+from maskcore.split import split_dataset
+
+__all__ = ["run_training", "train"]
+
+
+def _log(msg: str) -> None:
+    click.echo(f"[train] {msg}", err=True)
+
+
+def run_training(
+    data_dir: Path,
+    out: Path,
+    *,
+    epochs: int = 40,
+    seed: int = 0,
+    image_size: int = 128,
+    batch_size: int = 32,
+    val: float = 0.15,
+    test: float = 0.15,
+    patience: int = 8,
+    augment: bool = True,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Run the whole training job; returns the model card as a dict.
+
+    Raises:
+        DatasetError: fewer than 2 classes, or a class with no readable picture.
+        ModelError: the ONNX export disagrees with the Keras model (parity check failed).
+    """
+    t0 = time.monotonic()
+    spec = PreprocessSpec(size=(image_size, image_size))
+    index = scan(data_dir)
+    if len(index.classes) < 2:
+        raise DatasetError(
+            f"need at least 2 class folders to train, found {len(index.classes)} "
+            f"({', '.join(index.classes)}) under {index.root}"
+        )
+    _log(f"reading and preprocessing {len(index.samples):,} files once ...")
+    infos, arrays = inspect(index, spec=spec, workers=workers, keep_arrays=True)
+    report = audit(index, infos)
+    click.echo(format_audit(report))
+    readable = report["files_per_class"]
+    per_class_ok = {c: 0 for c in index.classes}
+    for i in infos:
+        if not i.error:
+            per_class_ok[index.classes[i.label]] += 1
+    empty = [c for c, n in per_class_ok.items() if n == 0]
+    if empty:
+        raise DatasetError(
+            f"class folder(s) with no readable picture: {', '.join(empty)} "
+            f"(files found per class: {readable})"
+        )
+    if report["unreadable"]:
+        _log(f"skipping {len(report['unreadable'])} unreadable file(s), listed above")
+
+    split = split_dataset(infos, val=val, test=test, seed=seed)
+    if not split.train or not split.val or not split.test:
+        raise DatasetError(f"too few distinct pictures to split: {split.sizes()}")
+    _log(f"split (one file per duplicate group): {split.sizes()}")
+
+    def stack(positions: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        x = np.stack([arrays[k] for k in positions])
+        y = np.array([split.labels[k] for k in positions], dtype=np.int64)
+        return x, y
+
+    x_train, y_train = stack(split.train)
+    x_val, y_val = stack(split.val)
+    x_test, y_test = stack(split.test)
+    arrays.clear()
+
+    class_weight = None
+    counts = np.bincount(y_train, minlength=len(index.classes))
+    ratio = counts.min() / counts.max()
+    if ratio < IMBALANCE_RATIO:
+        class_weight = {c: float(len(y_train) / (len(counts) * n)) for c, n in enumerate(counts)}
+        _log(f"balance ratio {ratio:.3f} < {IMBALANCE_RATIO}: class weights {class_weight}")
+    else:
+        _log(f"balance ratio {ratio:.3f} >= {IMBALANCE_RATIO}: no class weights")
+
+    # TensorFlow from here on only.
+    from maskcore import cnn, export, plots
+
+    cfg = cnn.TrainConfig(epochs=epochs, batch_size=batch_size, patience=patience,
+                          augment=augment, seed=seed)
+    gpus = cnn.setup_tensorflow(seed)
+    _log(f"TensorFlow sees {len(gpus)} GPU(s)" + (f": {gpus}" if gpus else "; training on CPU"))
+    model = cnn.build_model(len(index.classes), spec.size, cfg)
+    flops = cnn.count_flops(model)
+    _log(f"model: {model.count_params():,} parameters, {flops / 1e9:.3f} GFLOPs per picture")
+    t_fit = time.monotonic()
+    history = cnn.fit(model, x_train, y_train, x_val, y_val, cfg, class_weight)
+    fit_seconds = time.monotonic() - t_fit
+    best_epoch = int(np.argmin(history["val_loss"])) + 1
+
+    proba = cnn.predict(model, x_test)
+    metrics = evaluate(y_test, proba, list(index.classes))
+    _log("test: " + plots.summary_line(metrics))
+
+    out.mkdir(parents=True, exist_ok=True)
+    names = [infos[k].relpath for k in split.test]
+    plots.plot_history(history, out / "history.png")
+    plots.plot_confusion(metrics["confusion"]["rows_true_cols_pred"], list(index.classes),
+                         out / "confusion.png")
+    plots.plot_calibration(metrics["calibration_bins"], metrics["ece"], out / "calibration.png")
+    plots.plot_errors(x_test, y_test, proba, list(index.classes), names, out / "errors.png")
+
+    onnx_path = export.export_onnx(model, out / "model.onnx", classes=list(index.classes),
+                                   spec=spec)
+    parity = export.check_parity(model, onnx_path, x_test)
+    _log(f"parity on {parity['n']} test pictures: max abs diff {parity['max_abs_diff']:.2e}, "
+         f"labels identical: {parity['labels_identical']}")
+    model.save(out / "model.keras")
+
+    fingerprint = hashlib.sha256("\n".join(sorted({i.sha256 for i in infos if i.sha256}))
+                                 .encode()).hexdigest()
+    (out / "split.json").write_text(json.dumps(
+        {"seed": seed, "shares": {"val": val, "test": test}, "sizes": split.sizes(),
+         "hashes": split.hashes}, indent=1) + "\n")
+    (out / "audit.json").write_text(json.dumps(report, indent=2) + "\n")
+    report_doc = {"test": metrics, "parity": parity, "history": history,
+                  "best_epoch": best_epoch, "class_weight": class_weight}
+    (out / "report.json").write_text(json.dumps(report_doc, indent=2) + "\n")
+
+    card = ModelCard(
+        classes=list(index.classes),
+        preprocess=spec,
+        onnx_file="model.onnx",
+        onnx_sha256=file_sha256(onnx_path),
+        extra={
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "architecture": "maskcore_cnn: stride-2 stem + 4 conv-BN-ReLU blocks, GAP, softmax",
+            "parameters": int(model.count_params()),
+            "gflops_per_picture": round(flops / 1e9, 4),
+            "opset": export.OPSET,
+            "training_data": {
+                "root": str(index.root),
+                "fingerprint": fingerprint,
+                "files": len(infos),
+                "unreadable": len(report["unreadable"]),
+                "redundant_copies": report["duplicates"]["redundant_copies"],
+                "split_sizes": split.sizes(),
+            },
+            "metrics": {k: metrics[k] for k in ("accuracy", "macro_f1", "roc_auc", "ece", "errors",
+                                                "n", "per_class")},
+            "parity": parity,
+            "training": {
+                "config": {**asdict(replace(cfg)), "widths": list(cfg.widths)},
+                "epochs_run": len(history["loss"]),
+                "best_epoch": best_epoch,
+                "class_weight": class_weight,
+                "fit_seconds": round(fit_seconds, 1),
+                "total_seconds": round(time.monotonic() - t0, 1),
+                "gpus": gpus,
+            },
+            "versions": _versions(),
+        },
+    )
+    card.write(out)
+    if not parity["passed"]:
+        raise ModelError(
+            f"ONNX parity check failed: max abs diff {parity['max_abs_diff']:.2e} "
+            f"(allowed {parity['atol']:.0e}), labels identical: {parity['labels_identical']}"
+        )
+    _log(f"done in {time.monotonic() - t0:.0f}s: model id {card.model_id}; wrote "
+         + ", ".join(sorted(p.name for p in out.iterdir())))
+    return card.to_dict()
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("tensorflow-cpu", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime-gpu",
+                "onnxruntime", "numpy", "pillow"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+@click.command()
+@click.argument("data_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for model.onnx, model.json, model.keras, report.json and plots.")
+@click.option("--epochs", default=40, show_default=True,
+              help="Most epochs; early stopping on validation loss usually ends sooner.")
+@click.option("--seed", default=0, show_default=True, help="Seed for the split, weights, shuffles.")
+@click.option("--image-size", default=128, show_default=True, help="Model input side in pixels.")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--val", default=0.15, show_default=True, help="Validation share of each class.")
+@click.option("--test", default=0.15, show_default=True, help="Test share of each class.")
+@click.option("--patience", default=8, show_default=True,
+              help="Epochs without better validation loss before stopping.")
+@click.option("--augment/--no-augment", default=True, show_default=True,
+              help="Flip, rotate, zoom, brightness and contrast on training batches.")
+@click.option("--workers", type=int, default=None,
+              help="Processes that decode the dataset [default: all cores].")
+def train(data_dir: Path, out: Path, **options: Any) -> None:
+    """Train the face-mask CNN on DATA_DIR (one sub-folder per class) and export it to ONNX.
+
+    \b
+    Writes into --out:
+      model.onnx, model.json (the model card), model.keras,
+      report.json (test metrics, parity, history), audit.json, split.json,
+      history.png, confusion.png, calibration.png, errors.png
+    Fails (exit 2) if the dataset cannot be trained on or the ONNX parity check fails.
+    """
+    run_command(run_training, data_dir, out, **options)

@@ -1,0 +1,112 @@
+"""The model card: the contract between training and inference.
+
+``model.json`` sits beside ``model.onnx`` and says what the model expects and produces: classes,
+input and output tensors, the full preprocessing spec and version, and the ONNX file's sha256,
+whose first 12 hex digits are the model id that every manifest row carries. Inference reads all
+of this back from the card; nothing on the inference side repeats these constants.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from maskcore.errors import ModelError
+from maskcore.preprocess import PreprocessSpec
+
+__all__ = ["CARD_NAME", "ModelCard", "file_sha256", "model_id_of"]
+
+CARD_NAME = "model.json"
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_id_of(sha256: str) -> str:
+    """The model id: the first 12 hex digits of the ONNX file's sha256."""
+    return sha256[:12]
+
+
+@dataclass
+class ModelCard:
+    """What inference needs to know about a model, plus how it was made."""
+
+    classes: list[str]
+    preprocess: PreprocessSpec
+    onnx_file: str = "model.onnx"  # relative to the card's folder
+    onnx_sha256: str = ""
+    input_name: str = INPUT_NAME
+    output_name: str = OUTPUT_NAME
+    extra: dict[str, Any] = field(default_factory=dict)  # training facts: metrics, split, versions
+
+    @property
+    def model_id(self) -> str:
+        """First 12 hex digits of the ONNX file's sha256."""
+        return model_id_of(self.onnx_sha256)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The card as JSON-ready values."""
+        h, w = self.preprocess.size
+        return {
+            "model_id": self.model_id,
+            "onnx_file": self.onnx_file,
+            "onnx_sha256": self.onnx_sha256,
+            "classes": list(self.classes),
+            "input": {"name": self.input_name, "shape": ["batch", h, w, 3], "dtype": "float32"},
+            "output": {"name": self.output_name, "shape": ["batch", len(self.classes)],
+                       "dtype": "float32", "meaning": "one probability per class, summing to 1"},
+            "preprocess": self.preprocess.to_dict(),
+            **self.extra,
+        }
+
+    def write(self, folder: str | Path) -> Path:
+        """Write ``model.json`` into ``folder``; returns its path."""
+        path = Path(folder) / CARD_NAME
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def read(cls, path: str | Path) -> ModelCard:
+        """Read a card (``model.json``), or the card beside a ``model.onnx``.
+
+        Raises:
+            ModelError: missing or malformed card, or a preprocessing version not implemented here.
+        """
+        path = Path(path)
+        if path.suffix == ".onnx":
+            path = path.with_name(CARD_NAME)
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ModelError(f"model card not found: {path}") from exc
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot read model card {path}: {exc}") from exc
+        known = {"model_id", "onnx_file", "onnx_sha256", "classes", "input", "output", "preprocess"}
+        try:
+            spec = PreprocessSpec.from_dict(d["preprocess"])
+            return cls(
+                classes=[str(c) for c in d["classes"]],
+                preprocess=spec,
+                onnx_file=str(d.get("onnx_file", "model.onnx")),
+                onnx_sha256=str(d.get("onnx_sha256", "")),
+                input_name=str(d.get("input", {}).get("name", INPUT_NAME)),
+                output_name=str(d.get("output", {}).get("name", OUTPUT_NAME)),
+                extra={k: v for k, v in d.items() if k not in known},
+            )
+        except ValueError as exc:
+            raise ModelError(f"model card {path}: {exc}") from exc
+        except (KeyError, TypeError, IndexError) as exc:
+            raise ModelError(f"model card {path} is missing or has a malformed field: {exc}") from exc

@@ -1,0 +1,84 @@
+"""A seeded, stratified train/validation/test split that never separates exact duplicates.
+
+Pictures with the same content hash form one group, and a group goes to one split whole; the split
+then keeps one file per group (the redundant copies add nothing but weight, and in a test split
+they would count one picture several times). A group whose copies carry different labels is label
+noise: it takes the label most of its copies carry.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+from maskcore.dataset import FileInfo
+
+__all__ = ["Split", "split_dataset"]
+
+
+@dataclass(frozen=True)
+class Split:
+    """Positions (into the inspect() list) of one representative file per content group."""
+
+    train: list[int]
+    val: list[int]
+    test: list[int]
+    labels: dict[int, int]  # position -> label (the group's majority label)
+    hashes: dict[str, list[str]]  # split name -> sorted content hashes
+
+    def sizes(self) -> dict[str, int]:
+        """Pictures per split."""
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+def split_dataset(
+    infos: list[FileInfo],
+    *,
+    val: float = 0.15,
+    test: float = 0.15,
+    seed: int = 0,
+) -> Split:
+    """Split the readable files of an inspect() pass, stratified by label, duplicates kept together.
+
+    Args:
+        infos: one pass over the dataset; unreadable files (``error`` set) are left out.
+        val: share of each class for validation.
+        test: share of each class for the test split.
+        seed: the shuffle seed; the same seed and files give the same split.
+    """
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise ValueError("val and test must be shares in [0, 1) adding up to less than 1")
+    groups: dict[str, list[int]] = defaultdict(list)
+    for k, info in enumerate(infos):
+        if not info.error:
+            groups[info.sha256].append(k)
+    by_label: dict[int, list[str]] = defaultdict(list)
+    group_label: dict[str, int] = {}
+    for digest in sorted(groups):
+        members = groups[digest]
+        label = Counter(infos[k].label for k in members).most_common(1)[0][0]
+        group_label[digest] = label
+        by_label[label].append(digest)
+    rng = random.Random(seed)
+    parts: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for label in sorted(by_label):
+        digests = by_label[label]
+        rng.shuffle(digests)
+        n = len(digests)
+        n_test, n_val = round(n * test), round(n * val)
+        parts["test"] += digests[:n_test]
+        parts["val"] += digests[n_test:n_test + n_val]
+        parts["train"] += digests[n_test + n_val:]
+    rep = {d: min(groups[d]) for d in groups}  # the first file of a group stands for it
+
+    def positions(name: str) -> list[int]:
+        return sorted(rep[d] for d in parts[name])
+
+    return Split(
+        train=positions("train"),
+        val=positions("val"),
+        test=positions("test"),
+        labels={rep[d]: group_label[d] for d in groups},
+        hashes={name: sorted(ds) for name, ds in parts.items()},
+    )
