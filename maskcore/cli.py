@@ -20,7 +20,7 @@ __all__ = ["main", "run_command"]
 COMMANDS: dict[str, str] = {
     "audit": "jobs.audit:audit",
     "train": "jobs.train:train",
-    # "batch": "jobs.batch:batch",
+    "batch": "jobs.batch:batch",
     # "worker": "jobs.worker:worker",
 }
 

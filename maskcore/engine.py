@@ -1,0 +1,194 @@
+"""The inference engine: one ONNX Runtime session, loaded once, batches in, probabilities out.
+
+Everything the engine needs to know about the model comes from its card (classes, input size,
+preprocessing spec and version), checked against the ONNX file's own metadata and sha256. CUDA is
+used only when its execution provider really loads: ``get_available_providers()`` lists CUDA in
+every onnxruntime-gpu install, GPU or not, so the engine asks the created session instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnxruntime as ort
+
+from maskcore.card import ModelCard, file_sha256
+from maskcore.errors import ModelError, UsageError
+from maskcore.preprocess import PREPROCESS_VERSION, PreprocessSpec
+
+__all__ = ["DEFAULT_MODEL", "Device", "Engine", "resolve_model_path"]
+
+log = logging.getLogger(__name__)
+
+Device = Literal["auto", "cpu", "cuda"]
+
+#: The bundled model, trained on the shared face-mask dataset (see docs/MODEL.md).
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "model.onnx"
+
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+
+
+def resolve_model_path(model: str | os.PathLike[str] | None) -> Path:
+    """The model to use: the one given, else ``$MASKCORE_MODEL``, else the bundled one.
+
+    A folder is taken to hold ``model.onnx``. Raises ModelError when the file is not there.
+    """
+    chosen = model or os.environ.get("MASKCORE_MODEL") or DEFAULT_MODEL
+    path = Path(chosen).expanduser()
+    if path.is_dir():
+        path = path / "model.onnx"
+    if not path.is_file():
+        raise ModelError(f"model not found: {path}")
+    return path
+
+
+def _nvidia_device_present() -> bool:
+    """Whether this machine shows an NVIDIA device at all (Linux device nodes or driver).
+
+    Without one, trying the CUDA provider only prints library-loading errors; elsewhere than
+    Linux, assume there may be one and let the session decide.
+    """
+    if not Path("/dev").is_dir() or os.name != "posix":
+        return True
+    return Path("/proc/driver/nvidia").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+class Engine:
+    """An ONNX Runtime session for one model, ready for batches.
+
+    Args:
+        model: path to ``model.onnx`` (its ``model.json`` card must sit beside it), a folder
+            holding both, or None for ``$MASKCORE_MODEL`` / the bundled model.
+        device: ``auto`` (CUDA if it really loads, else CPU), ``cpu``, or ``cuda`` (fail if
+            CUDA cannot be used).
+        threads: ONNX Runtime intra-op threads on CPU; None lets it use every core.
+
+    Raises:
+        ModelError: missing or unreadable model or card, a card that does not match the file,
+            or a preprocessing version this code does not implement.
+        UsageError: ``device="cuda"`` where the CUDA provider cannot be used.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | None = None,
+        *,
+        device: Device = "auto",
+        threads: int | None = None,
+    ) -> None:
+        if device not in ("auto", "cpu", "cuda"):
+            raise UsageError(f"device must be auto, cpu or cuda, not {device!r}")
+        self.path = resolve_model_path(model)
+        self.card = ModelCard.read(self.path)
+        actual = file_sha256(self.path)
+        if self.card.onnx_sha256 and self.card.onnx_sha256 != actual:
+            raise ModelError(
+                f"{self.path} does not match its card (sha256 {actual[:12]}, card says "
+                f"{self.card.onnx_sha256[:12]}): the card belongs to another model"
+            )
+        self.card.onnx_sha256 = actual
+        self.session, self.device = self._open(device, threads)
+        self.provider = self.session.get_providers()[0]
+        self._check_metadata()
+        self._check_io()
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names, in output order."""
+        return self.card.classes
+
+    @property
+    def spec(self) -> PreprocessSpec:
+        """The preprocessing this model was trained with."""
+        return self.card.preprocess
+
+    @property
+    def model_id(self) -> str:
+        """The first 12 hex digits of the ONNX file's sha256."""
+        return self.card.model_id
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities (N, classes) for a float32 batch (N, H, W, 3) from the shared preprocessing."""
+        if batch.ndim != 4 or batch.shape[1:] != (*self.spec.size, 3):
+            raise ValueError(f"batch of shape {batch.shape} does not fit input {self.spec.size}")
+        feed = {self.card.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+        return self.session.run([self.card.output_name], feed)[0]
+
+    # --- set-up -----------------------------------------------------------------------------
+
+    def _open(self, device: Device, threads: int | None) -> tuple[ort.InferenceSession, str]:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        if device in ("auto", "cuda") and _CUDA in ort.get_available_providers():
+            session = self._try_cuda(opts) if _nvidia_device_present() else None
+            if session is not None:
+                return session, "cuda"
+            if device == "cuda":
+                raise UsageError(
+                    "--device cuda: the CUDA execution provider did not load (no GPU, or the "
+                    "CUDA 12/13 and cuDNN 9 libraries onnxruntime-gpu needs are missing); "
+                    "use --device auto or cpu"
+                )
+            log.info("CUDA execution provider not usable here; running on CPU")
+        elif device == "cuda":
+            raise UsageError(
+                "--device cuda: this onnxruntime build has no CUDA execution provider "
+                f"(it has {', '.join(ort.get_available_providers())}); install onnxruntime-gpu"
+            )
+        try:
+            return ort.InferenceSession(str(self.path), opts, providers=[_CPU]), "cpu"
+        except Exception as exc:  # ONNX Runtime raises its own exception types
+            raise ModelError(f"cannot load {self.path}: {exc}") from exc
+
+    def _try_cuda(self, opts: ort.SessionOptions) -> ort.InferenceSession | None:
+        """A CUDA session, or None when the CUDA provider does not really load."""
+        preload = getattr(ort, "preload_dlls", None)
+        if preload is not None and importlib.util.find_spec("nvidia") is not None:
+            try:  # finds CUDA and cuDNN from the nvidia-* pip packages where they are installed
+                preload()
+            except Exception:  # noqa: BLE001 - absence of the libraries is the normal CPU case
+                pass
+        quiet = ort.SessionOptions()
+        quiet.graph_optimization_level = opts.graph_optimization_level
+        quiet.log_severity_level = 4  # the failed provider load is expected on CPU machines
+        ort.set_default_logger_severity(3)
+        try:
+            session = ort.InferenceSession(str(self.path), quiet, providers=[_CUDA, _CPU])
+        except Exception:  # noqa: BLE001
+            return None
+        finally:
+            ort.set_default_logger_severity(2)  # ONNX Runtime's default: warnings
+        return session if session.get_providers()[0] == _CUDA else None
+
+    def _check_metadata(self) -> None:
+        meta = self.session.get_modelmeta().custom_metadata_map
+        version = meta.get("preprocess_version")
+        if version is not None and version != PREPROCESS_VERSION:
+            raise ModelError(
+                f"{self.path} was trained with preprocessing {version!r}; this code implements "
+                f"{PREPROCESS_VERSION!r}"
+            )
+        if "classes" in meta and json.loads(meta["classes"]) != self.card.classes:
+            raise ModelError(f"{self.path}: classes in the ONNX metadata differ from the card")
+
+    def _check_io(self) -> None:
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        if self.card.input_name not in inputs or self.card.output_name not in outputs:
+            raise ModelError(
+                f"{self.path}: expected input {self.card.input_name!r} and output "
+                f"{self.card.output_name!r}, found {sorted(inputs)} and {sorted(outputs)}"
+            )
+        shape = inputs[self.card.input_name].shape
+        if len(shape) != 4 or list(shape[1:]) != [*self.spec.size, 3]:
+            raise ModelError(f"{self.path}: input shape {shape} does not match the card's "
+                             f"{[*self.spec.size, 3]}")

@@ -1,0 +1,226 @@
+"""The batch job end to end: every file one row, right statuses, exit codes, formats, S3, memory."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from maskcore.cli import main
+from tests.conftest import ROOT, copy_pictures
+from tests.helpers import BAD_INPUTS, encode, gradient, png_with_size
+
+VOLATILE = ("processed_at",)
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def _stable(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
+
+
+def _run(args: list[str]) -> tuple[int, str]:
+    r = CliRunner().invoke(main, args)
+    return r.exit_code, r.output
+
+
+@pytest.fixture
+def mixed(tmp_path, face_pictures) -> tuple[Path, dict[str, str]]:
+    """A folder of good pictures and every kind of bad file; returns it and the expected statuses."""
+    root = tmp_path / "in"
+    expected: dict[str, str] = {}
+    for p in copy_pictures(face_pictures, root / "faces"):
+        expected[f"faces/{p.name}"] = "ok"
+    (root / "made").mkdir()
+    for i, fmt in enumerate(["PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"]):
+        name = f"made/pic{i}.{'jpg' if fmt == 'PNG' else 'bin'}"  # names that lie
+        (root / name).write_bytes(encode(gradient(60 + i, 50, seed=i), fmt))
+        expected[name] = "ok"
+    for name, data in BAD_INPUTS.items():
+        (root / f"bad_{name}.jpg").write_bytes(data)
+        expected[f"bad_{name}.jpg"] = "error"
+    (root / "bomb.png").write_bytes(png_with_size(20_000, 20_000))
+    expected["bomb.png"] = "error"
+    (root / "dangling.jpg").symlink_to(root / "nowhere.jpg")
+    expected["dangling.jpg"] = "error"
+    (root / "linked.png").symlink_to(root / "made" / "pic0.jpg")
+    expected["linked.png"] = "ok"
+    (root / ".hidden.jpg").write_bytes(encode(gradient(), "JPEG"))
+    (root / ".cache").mkdir()
+    (root / ".cache" / "x.jpg").write_bytes(encode(gradient(), "JPEG"))
+    return root, expected
+
+
+def test_every_file_gets_one_row_with_the_right_status(mixed, tmp_path, model_path):
+    root, expected = mixed
+    out = tmp_path / "out"
+    code, output = _run(["batch", str(root), "--out", str(out), "--model", str(model_path),
+                         "--workers", "2", "--no-progress"])
+    assert code == 0, output
+    rows = _rows(out)
+    assert {r["source"]: r["status"] for r in rows} == expected
+    assert [r["source"] for r in rows] == sorted(expected)  # stable order
+    for r in rows:
+        if r["status"] == "ok":
+            assert r["label"] in ("with_mask", "without_mask")
+            assert abs(sum(r["probabilities"].values()) - 1) < 1e-4
+            assert r["score"] == max(r["probabilities"].values())
+            assert r["width"] > 0 and r["height"] > 0 and len(r["sha256"]) == 64
+            assert r["error"] == ""
+        else:
+            assert r["error"] and r["label"] == "" and r["probabilities"] == {}
+    by = {r["source"]: r for r in rows}
+    assert "megapixels" in by["bomb.png"]["error"]
+    assert "empty" in by["bad_empty.jpg"]["error"]
+    assert "broken symbolic link" in by["dangling.jpg"]["error"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["total"] == len(expected)
+    assert summary["errors"] == sum(s == "error" for s in expected.values())
+    assert summary["skipped"] == 2
+    assert summary["device"] == "cpu" and summary["provider"] == "CPUExecutionProvider"
+    assert summary["model_id"] == rows[0]["model_id"]
+    assert "errors" in output and "pictures/s" in output
+    assert not list(out.glob("*.partial"))
+
+
+def test_exit_codes(mixed, tmp_path, model_path):
+    root, _ = mixed
+    base = ["--model", str(model_path), "--workers", "0", "--no-progress"]
+    code, _ = _run(["batch", str(root), "--out", str(tmp_path / "a"), "--fail-on-error", *base])
+    assert code == 1
+    good = tmp_path / "good"
+    copy_pictures([root / "made" / "pic1.bin"], good)
+    code, _ = _run(["batch", str(good), "--out", str(tmp_path / "b"), "--fail-on-error", *base])
+    assert code == 0
+    for args, needle in [
+        (["batch", str(tmp_path / "missing"), "--out", str(tmp_path / "c"), *base], "not found"),
+        (["batch", str(good), "--out", str(tmp_path / "d"), "--model",
+          str(tmp_path / "none.onnx")], "model not found"),
+        (["batch", str(good), "--out", str(tmp_path / "e"), "--device", "cuda", *base], "cuda"),
+        (["batch", str(good), "--out", str(tmp_path / "f"), "--format", "xml", *base], "format"),
+    ]:
+        code, output = _run(args)
+        assert code == 2, output
+        assert needle in output.lower()
+        assert "Traceback" not in output
+
+
+def test_csv_and_jsonl_agree(mixed, tmp_path, model_path):
+    root, _ = mixed
+    out = tmp_path / "out"
+    code, output = _run(["batch", str(root), "--out", str(out), "--model", str(model_path),
+                         "--workers", "0", "--no-progress"])
+    assert code == 0, output
+    rows = _rows(out)
+    records = list(csv.DictReader(io.StringIO((out / "manifest.csv").read_text())))
+    assert len(records) == len(rows)
+    for row, rec in zip(rows, records, strict=True):
+        for key, value in row.items():
+            if key == "probabilities":
+                for cls in ("with_mask", "without_mask"):
+                    want = value.get(cls)
+                    assert rec[f"p_{cls}"] == ("" if want is None else str(want))
+            else:
+                assert rec[key] == ("" if value is None else str(value)), key
+
+
+def test_rows_do_not_depend_on_workers_or_batch_size(mixed, tmp_path, model_path):
+    root, _ = mixed
+    results = []
+    for workers, size in [(0, 64), (1, 1), (2, 7)]:
+        out = tmp_path / f"w{workers}b{size}"
+        code, output = _run(["batch", str(root), "--out", str(out), "--model", str(model_path),
+                             "--workers", str(workers), "--batch-size", str(size),
+                             "--no-progress"])
+        assert code == 0, output
+        results.append(_stable(_rows(out)))
+    assert results[0] == results[1] == results[2]
+
+
+def test_exif_rotation_gives_the_same_label(tmp_path, face_pictures, model_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, p in enumerate(face_pictures[:6]):
+        upright = Image.open(p).convert("RGB")
+        upright.save(folder / f"{i}_upright.png")
+        exif = Image.Exif()
+        exif[0x0112] = 6  # stored turned a quarter; the tag turns it back
+        upright.rotate(90, expand=True).save(folder / f"{i}_tagged.png", exif=exif.tobytes())
+    out = tmp_path / "out"
+    code, output = _run(["batch", str(folder), "--out", str(out), "--model", str(model_path),
+                         "--workers", "0", "--no-progress"])
+    assert code == 0, output
+    by = {r["source"]: r for r in _rows(out)}
+    for i in range(min(6, len(face_pictures))):
+        a, b = by[f"{i}_upright.png"], by[f"{i}_tagged.png"]
+        assert a["label"] == b["label"]
+        assert (a["width"], a["height"]) == (b["width"], b["height"])
+        assert abs(a["score"] - b["score"]) < 1e-3
+
+
+def test_s3_input(s3, s3_client, tmp_path, face_pictures, model_path):
+    s3_client.create_bucket(Bucket="photos")
+    names = []
+    for i, p in enumerate(face_pictures[:5]):
+        key = f"in/day1/{i}.jpg"
+        s3_client.put_object(Bucket="photos", Key=key, Body=p.read_bytes())
+        names.append(key)
+    s3_client.put_object(Bucket="photos", Key="in/day1/readme.txt", Body=b"not a picture")
+    s3_client.put_object(Bucket="photos", Key="elsewhere/x.jpg", Body=b"outside the prefix")
+    out = tmp_path / "out"
+    code, output = _run(["batch", "s3://photos/in/", "--out", str(out), "--model",
+                         str(model_path), "--workers", "1", "--no-progress"])
+    assert code == 0, output
+    rows = _rows(out)
+    assert [r["source"] for r in rows] == sorted(
+        [f"s3://photos/{k}" for k in names] + ["s3://photos/in/day1/readme.txt"])
+    assert [r["status"] for r in rows].count("error") == 1
+    code, output = _run(["batch", "s3://no-such-bucket/x/", "--out", str(tmp_path / "o2"),
+                         "--model", str(model_path), "--no-progress"])
+    assert code == 2 and "NoSuchBucket" in output
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_on_a_large_input(tmp_path, model_path):
+    """Peak RSS of the job's whole process tree on 5,000 files is close to that on 500."""
+    small = encode(gradient(48, 48), "PNG")
+    big_dir, small_dir = tmp_path / "big", tmp_path / "small"
+    for d, n in ((big_dir, 5000), (small_dir, 500)):
+        d.mkdir()
+        for i in range(n):
+            (d / f"{i:05d}.png").write_bytes(small)
+    script = ROOT / "tests" / "peak_rss.py"
+    peaks = {}
+    for name, d in (("small", small_dir), ("big", big_dir)):
+        out = subprocess.run(
+            [sys.executable, str(script), sys.executable, "-m", "maskcore", "batch", str(d),
+             "--out", str(tmp_path / f"out_{name}"), "--model", str(model_path),
+             "--workers", "2", "--no-progress"],
+            capture_output=True, text=True, timeout=600, cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        peaks[name] = int(out.stdout.strip().splitlines()[-1])
+    growth_mb = (peaks["big"] - peaks["small"]) / 2**20
+    assert growth_mb < 60, peaks  # 10x the pictures; the row buffer is all that may grow
+
+
+def test_make_batch_on_examples(tmp_path):
+    """The README's first command, through make, as a person types it."""
+    out = tmp_path / "res"
+    r = subprocess.run(["make", "-s", "batch", "INPUT=examples/", f"OUTPUT={out}"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "with_mask" in r.stdout and "pictures/s" in r.stdout
+    assert {p.name for p in out.iterdir()} == {"manifest.jsonl", "manifest.csv", "summary.json"}
+    assert json.loads((out / "summary.json").read_text())["errors"] == 0
