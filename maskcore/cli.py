@@ -21,7 +21,7 @@ COMMANDS: dict[str, str] = {
     "audit": "jobs.audit:audit",
     "train": "jobs.train:train",
     "batch": "jobs.batch:batch",
-    # "worker": "jobs.worker:worker",
+    "worker": "jobs.worker:worker",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 __all__ = ["default_workers", "make_pool"]
@@ -25,4 +26,15 @@ def make_pool(workers: int) -> Executor:
     """
     if workers <= 0:
         return ThreadPoolExecutor(max_workers=2)
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_ignore_signals)
+
+
+def _ignore_signals() -> None:
+    """Decode processes leave shutdown to their parent.
+
+    Ctrl-C reaches the whole process group, and a worker's warm shutdown needs its pool alive to
+    finish the batch in hand; the parent ends the pool when it is done.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -16,6 +16,9 @@ from typing import Any, Protocol
 
 from maskcore.errors import StorageError
 
+#: Every error about reading an object starts so; the worker retries those on its next pass.
+READ_ERROR_PREFIX = "cannot read"
+
 __all__ = ["LocalSource", "Ref", "S3Location", "S3Store", "Source", "open_source", "parse_s3_url"]
 
 

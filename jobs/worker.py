@@ -1,0 +1,95 @@
+"""``maskcore worker``: watch an S3 prefix and classify what arrives, or do one pass (``--once``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+import click
+
+from maskcore.cli import run_command
+from maskcore.engine import Engine
+from maskcore.worker import Worker, WorkerConfig, log_event, parse_shard
+
+__all__ = ["worker", "run_worker"]
+
+
+def run_worker(cfg: WorkerConfig, *, model: str | None, device: str,
+               show_progress: bool = False) -> dict[str, Any]:
+    """Build the engine and worker, install the signal handlers, run. Returns the summary."""
+    engine = Engine(model, device=device)  # type: ignore[arg-type]
+    w = Worker(cfg, engine)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if w.stopping:  # the second signal: no more waiting
+            log_event("forced_exit", signal=signal.Signals(signum).name)
+            os._exit(130)
+        log_event("stopping", signal=signal.Signals(signum).name,
+                  note="finishing the batch in hand; a second signal exits at once")
+        w.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return w.run(show_progress=show_progress)
+
+
+@click.command()
+@click.option("--source", required=True, envvar="MASKCORE_SOURCE", show_envvar=True,
+              help="The prefix to classify: s3://bucket/incoming/.")
+@click.option("--results", required=True, envvar="MASKCORE_RESULTS", show_envvar=True,
+              help="Where result parts and the consolidated manifest go: s3://bucket/results/.")
+@click.option("--once", is_flag=True, envvar="MASKCORE_ONCE", show_envvar=True,
+              help="One pass over everything not yet done, consolidate, exit (the nightly run).")
+@click.option("--poll-interval", default=10.0, show_default=True, envvar="MASKCORE_POLL_INTERVAL",
+              show_envvar=True, type=click.FloatRange(0.1), help="Seconds between listings.")
+@click.option("--batch-size", default=64, show_default=True, envvar="MASKCORE_BATCH_SIZE",
+              show_envvar=True, type=click.IntRange(1, 4096), help="Pictures per batch and part.")
+@click.option("--max-wait", default=2.0, show_default=True, envvar="MASKCORE_MAX_WAIT",
+              show_envvar=True, type=click.FloatRange(0),
+              help="Seconds a partial batch waits for more pictures before it is sent.")
+@click.option("--model", default=None, envvar="MASKCORE_MODEL", show_envvar=True,
+              help="model.onnx with its model.json [default: the bundled model].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, envvar="MASKCORE_DEVICE", show_envvar=True)
+@click.option("--reprocess", is_flag=True, envvar="MASKCORE_REPROCESS", show_envvar=True,
+              help="Classify everything again, done or not (after a model change, say).")
+@click.option("--shard", default=None, envvar="MASKCORE_SHARD", show_envvar=True,
+              help="I/N: take only the keys whose hash falls in shard I of N (run N workers).")
+@click.option("--workers", type=click.IntRange(0, 256), default=None, envvar="MASKCORE_WORKERS",
+              show_envvar=True, help="Decode processes [default: all cores].")
+@click.option("--consolidate-every", default=300.0, show_default=True,
+              envvar="MASKCORE_CONSOLIDATE_EVERY", show_envvar=True, type=click.FloatRange(1),
+              help="Seconds between refreshes of the consolidated manifest when watching.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar [default: only on a terminal].")
+def worker(source: str, results: str, once: bool, poll_interval: float, batch_size: int,
+           max_wait: float, model: str | None, device: str, reprocess: bool, shard: str | None,
+           workers: int | None, consolidate_every: float, progress: bool | None) -> None:
+    """Classify the pictures that land under an S3 prefix, never losing or repeating one.
+
+    \b
+    What is done lives in the bucket (result parts under RESULTS/parts/<model id>/),
+    so a restarted or replacement worker carries on where the last one stopped.
+    Results: RESULTS/manifest.jsonl, manifest.csv and summary.json, one row per object.
+    SIGTERM or Ctrl-C: finish and write the batch in hand, then exit 0; a second
+    signal exits at once. S3 settings come from the standard AWS variables
+    (AWS_ENDPOINT_URL for MinIO, Ceph or a local server).
+    """
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+    def _run() -> dict[str, Any]:
+        cfg = WorkerConfig(source=source, results=results, once=once,
+                           poll_interval=poll_interval, batch_size=batch_size,
+                           max_wait=max_wait, reprocess=reprocess, shard=parse_shard(shard),
+                           workers=workers, consolidate_every=consolidate_every)
+        show = sys.stderr.isatty() if progress is None else progress
+        return run_worker(cfg, model=model, device=device, show_progress=show)
+
+    summary = run_command(_run)
+    click.echo(f"{summary['total']:,} objects in {summary['results']}manifest.csv: "
+               + ", ".join(f"{k} {v:,}" for k, v in summary["labels"].items())
+               + f", errors {summary['errors']:,}; this run classified "
+               f"{summary['this_run']['pictures']:,}")

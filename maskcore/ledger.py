@@ -1,0 +1,121 @@
+"""Results in a bucket: immutable part files that double as the ledger, and a consolidated manifest.
+
+Layout under the results prefix::
+
+    parts/<model_id>/<UTC time>-<writer>-<seq>.jsonl   one per batch, PUT whole, never changed
+    manifest.jsonl, manifest.csv, summary.json        consolidated view, rewritten whole
+
+The parts are the record of what is done: an object is done for a model when a part under that
+model's folder holds a row for its (key, ETag). Nothing lives on local disk, so a new pod carries
+on where the last one stopped; a batch in flight when a worker is killed has no part yet and is
+simply done again. The consolidated manifest holds one row per object: the latest row written
+for it (so an overwritten object shows its new content's result, and ``--reprocess`` replaces
+old rows). Rows whose object could not be read are recorded but not counted as done, so the next
+pass tries them again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from maskcore.manifest import Tally, rows_to_csv, rows_to_jsonl
+from maskcore.storage import READ_ERROR_PREFIX, S3Store
+
+__all__ = ["ResultsStore"]
+
+
+class ResultsStore:
+    """The results prefix of one model: what is done, new parts, the consolidated manifest.
+
+    Args:
+        results: the ``s3://bucket/prefix/`` for results.
+        model_id: the model whose rows count as done.
+        classes: the model's classes (CSV columns).
+    """
+
+    def __init__(self, results: S3Store, model_id: str, classes: list[str]) -> None:
+        self.store = results
+        self.model_id = model_id
+        self.classes = classes
+        self.parts_prefix = results.location.join(f"parts/{model_id}/")
+        self.writer_id = f"{socket.gethostname()[:24]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._seq = 0
+        self._seen_parts: set[str] = set()
+        self._done: set[tuple[str, str]] = set()
+        self._latest: dict[str, dict[str, Any]] = {}  # source URL -> latest row
+
+    # --- the ledger -----------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Read the parts written since the last refresh (by any worker)."""
+        for ref in self.store.list(self.parts_prefix):
+            if ref.key in self._seen_parts or not ref.key.endswith(".jsonl"):
+                continue
+            data, _ = self.store.get(ref.key)
+            self._absorb(_parse_rows(data))
+            self._seen_parts.add(ref.key)
+
+    def is_done(self, key: str, etag: str) -> bool:
+        """Whether a row for this object content already exists for this model."""
+        return (key, etag) in self._done
+
+    def _absorb(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            key = row["source"].split("/", 3)[3]  # s3://bucket/KEY
+            if not (row["status"] == "error" and row["error"].startswith(READ_ERROR_PREFIX)):
+                self._done.add((key, row.get("etag", "")))
+            old = self._latest.get(row["source"])
+            if old is None or row["processed_at"] >= old["processed_at"]:
+                self._latest[row["source"]] = row
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def write_part(self, rows: list[dict[str, Any]]) -> str:
+        """PUT one batch's rows as a new immutable part; returns its key."""
+        self._seq += 1
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        key = f"{self.parts_prefix}{stamp}-{self.writer_id}-{self._seq:06d}.jsonl"
+        self.store.put(key, rows_to_jsonl(rows), "application/x-ndjson")
+        self._seen_parts.add(key)
+        self._absorb(rows)
+        return key
+
+    def consolidate(self, extra_summary: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Rewrite manifest.jsonl, manifest.csv and summary.json from every part of this model."""
+        self.refresh()
+        rows = [self._latest[s] for s in sorted(self._latest)]
+        tally = Tally()
+        for r in rows:
+            tally.add(r)
+        summary = {
+            **tally.to_dict(),
+            "model_id": self.model_id,
+            "parts": len(self._seen_parts),
+            "results": self.store.location.url,
+            "consolidated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **(extra_summary or {}),
+        }
+        loc = self.store.location
+        self.store.put(loc.join("manifest.jsonl"), rows_to_jsonl(rows), "application/x-ndjson")
+        self.store.put(loc.join("manifest.csv"), rows_to_csv(rows, self.classes, ("etag",)),
+                       "text/csv")
+        self.store.put(loc.join("summary.json"), (json.dumps(summary, indent=2) + "\n").encode(),
+                       "application/json")
+        return summary
+
+
+def _parse_rows(data: bytes) -> list[dict[str, Any]]:
+    rows = []
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # a part is PUT whole, so this is someone else's file: skip it
+                continue
+    return rows
