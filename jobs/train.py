@@ -45,7 +45,7 @@ def run_training(
     batch_size: int = 32,
     val: float = 0.15,
     test: float = 0.15,
-    patience: int = 8,
+    patience: int = 12,
     augment: bool = True,
     workers: int | None = None,
 ) -> dict[str, Any]:
@@ -156,7 +156,7 @@ def run_training(
         onnx_sha256=file_sha256(onnx_path),
         extra={
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "architecture": "maskcore_cnn: stride-2 stem + 4 conv-BN-ReLU blocks, GAP, softmax",
+            "architecture": "maskcore_cnn: stride-2 stem, conv-BN-ReLU blocks " + "-".join(map(str, cfg.widths)) + ", GAP, softmax",
             "parameters": int(model.count_params()),
             "gflops_per_picture": round(flops / 1e9, 4),
             "opset": export.OPSET,
@@ -216,7 +216,7 @@ def _versions() -> dict[str, str]:
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--val", default=0.15, show_default=True, help="Validation share of each class.")
 @click.option("--test", default=0.15, show_default=True, help="Test share of each class.")
-@click.option("--patience", default=8, show_default=True,
+@click.option("--patience", default=12, show_default=True,
               help="Epochs without better validation loss before stopping.")
 @click.option("--augment/--no-augment", default=True, show_default=True,
               help="Flip, rotate, zoom, brightness and contrast on training batches.")

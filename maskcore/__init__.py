@@ -12,7 +12,13 @@ from maskcore.errors import (
     StorageError,
     UsageError,
 )
-from maskcore.preprocess import PREPROCESS_VERSION, PreprocessSpec, load, preprocess, preprocess_batch
+from maskcore.preprocess import (
+    PREPROCESS_VERSION,
+    PreprocessSpec,
+    load,
+    preprocess,
+    preprocess_batch,
+)
 
 __all__ = [
     "PREPROCESS_VERSION",

@@ -9,7 +9,6 @@ decoded becomes an error row; nothing about one picture stops the run.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -19,30 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from maskcore.decode import CHUNK, Decoded, decode_chunk
 from maskcore.engine import Engine
-from maskcore.errors import ImageDecodeError, StorageError
 from maskcore.manifest import error_row, ok_row
 from maskcore.pool import default_workers, make_pool
-from maskcore.preprocess import PreprocessSpec, load
 from maskcore.progress import Progress
 from maskcore.storage import Ref, Source
 
-__all__ = ["Decoded", "StageTimes", "classify", "decode_chunk"]
-
-#: Pictures per decode task: large enough that pickling and scheduling stay cheap.
-CHUNK = 16
-
-
-@dataclass(frozen=True)
-class Decoded:
-    """What a decode task learned about one ref (the pixels travel separately, stacked)."""
-
-    ref: Ref
-    sha256: str = ""
-    width: int = 0
-    height: int = 0
-    error: str = ""
-    row: int = -1  # index into the chunk's stacked array; -1 for an error
+__all__ = ["StageTimes", "classify"]
 
 
 @dataclass
@@ -58,37 +41,6 @@ class StageTimes:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
-
-
-def decode_chunk(
-    source: Source, refs: list[Ref], spec: PreprocessSpec
-) -> tuple[list[Decoded], np.ndarray, float]:
-    """Read and preprocess a few refs (runs in a worker process).
-
-    Returns:
-        One :class:`Decoded` per ref, the stacked arrays of those that decoded, and the seconds
-        this took.
-    """
-    t0 = time.perf_counter()
-    out: list[Decoded] = []
-    arrays: list[np.ndarray] = []
-    for ref in refs:
-        try:
-            data = source.read(ref)
-        except StorageError as exc:
-            out.append(Decoded(ref, error=str(exc)))
-            continue
-        digest = hashlib.sha256(data).hexdigest()
-        try:
-            d = load(data, spec)
-        except ImageDecodeError as exc:
-            out.append(Decoded(ref, sha256=digest, error=str(exc)))
-            continue
-        out.append(Decoded(ref, digest, d.width, d.height, row=len(arrays)))
-        arrays.append(d.array)
-    h, w = spec.size
-    stacked = np.stack(arrays) if arrays else np.empty((0, h, w, 3), np.float32)
-    return out, stacked, time.perf_counter() - t0
 
 
 @dataclass

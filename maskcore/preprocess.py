@@ -29,13 +29,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
 
 # Register exactly the plugins of ALLOWED_FORMATS (Pillow loads most plugins lazily, and
 # Image.open(formats=...) fails with a KeyError for one not yet loaded).
 from PIL import (  # noqa: F401  (imported for their registration side effect)
     BmpImagePlugin,
     GifImagePlugin,
+    Image,
+    ImageOps,
     JpegImagePlugin,
     MpoImagePlugin,
     PngImagePlugin,

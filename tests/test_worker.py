@@ -156,7 +156,7 @@ def test_kill_9_and_restart_loses_and_repeats_nothing(bucket, model_path):
     expected = seed(bucket, 189)
     for parts_before_kill in (1, 4, 9):
         proc = start_worker(model_path, "--once", "--batch-size", "8")
-        wait_for(lambda n=parts_before_kill: len(_parts(bucket)) >= n or proc.poll() is not None,
+        wait_for(lambda n=parts_before_kill, p=proc: len(_parts(bucket)) >= n or p.poll() is not None,
                  120, f"{parts_before_kill} parts")
         assert proc.poll() is None, "the worker finished before it could be killed mid-run"
         proc.send_signal(signal.SIGKILL)

@@ -1,0 +1,218 @@
+"""``make bench``: how fast the batch job is, against the seeds' way and against its own floor.
+
+On the same pictures, in one run:
+
+(a) the seeds' predictive system: Keras, per picture open -> resize -> /255 -> ``predict`` of one;
+(b) Keras batched: the same preprocessing, then ``model.predict(batch_size=64)``;
+(c) this batch job end to end (manifest written), all cores decoding;
+(d) decode + preprocess alone with the same worker count (the floor on a CPU);
+(e) ONNX Runtime inference alone on preprocessed batches.
+
+Writes docs/BENCHMARKS.md (the CPU section; a GPU section measured on a lent machine is kept).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import tempfile
+import time
+from concurrent.futures import Executor
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from maskcore.dataset import scan
+from maskcore.decode import CHUNK, decode_chunk
+from maskcore.engine import DEFAULT_MODEL, Engine
+from maskcore.pool import default_workers, make_pool
+from maskcore.storage import LocalSource, Ref
+
+GPU_MARKER = "<!-- gpu section: kept by make bench -->"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _seeds_preprocess(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """What the seeds did: open, RGB, resize, /255 (no EXIF, no alpha handling, no draft)."""
+    from PIL import Image
+
+    im = Image.open(path).convert("RGB").resize((size[1], size[0]))
+    return np.asarray(im, dtype=np.float32) / 255.0
+
+
+def bench_seeds(model: Any, paths: list[Path], size: tuple[int, int]) -> float:
+    t0 = time.perf_counter()
+    for p in paths:
+        model.predict(_seeds_preprocess(p, size)[None], verbose=0)
+    return time.perf_counter() - t0
+
+
+def bench_keras_batched(model: Any, paths: list[Path], size: tuple[int, int]) -> float:
+    t0 = time.perf_counter()
+    x = np.stack([_seeds_preprocess(p, size) for p in paths])
+    model.predict(x, batch_size=64, verbose=0)
+    return time.perf_counter() - t0
+
+
+def bench_decode(pool: Executor, refs: list[Ref], engine: Engine) -> tuple[float, np.ndarray]:
+    source = LocalSource("/")
+    t0 = time.perf_counter()
+    futures = [pool.submit(decode_chunk, source, refs[i:i + CHUNK], engine.spec)
+               for i in range(0, len(refs), CHUNK)]
+    arrays = [f.result()[1] for f in futures]
+    return time.perf_counter() - t0, np.concatenate(arrays)
+
+
+def bench_onnx(engine: Engine, x: np.ndarray, batch: int = 64) -> float:
+    engine.predict(x[:batch])  # warm-up
+    t0 = time.perf_counter()
+    for i in range(0, len(x), batch):
+        engine.predict(x[i:i + batch])
+    return time.perf_counter() - t0
+
+
+@click.command()
+@click.option("--data", default="../shared/datasets/face-mask", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Folder of pictures.")
+@click.option("--model", default=str(DEFAULT_MODEL), show_default=True,
+              help="model.onnx; model.keras beside it is used for (a) and (b).")
+@click.option("--limit", default=1000, show_default=True,
+              help="Pictures to measure on (the same ones for every stage).")
+@click.option("--workers", type=int, default=None, help="Decode processes [default: all cores].")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--write", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the results into this Markdown file (docs/BENCHMARKS.md).")
+def bench(data: Path, model: str, limit: int, workers: int | None, device: str,
+          write: Path | None) -> None:
+    """Measure (a)-(e) on the same pictures and print the ratios."""
+    from jobs.batch import run_batch
+
+    workers = default_workers() if workers is None else workers
+    index = scan(data)
+    step = max(len(index.samples) // limit, 1)
+    picked = list(index.samples[::step])[:limit]
+    paths = [s.path for s in picked]
+    engine = Engine(model, device=device)  # type: ignore[arg-type]
+    keras_path = Path(engine.path).with_name("model.keras")
+    results: dict[str, float] = {}
+    n = len(paths)
+    click.echo(f"{n} pictures from {data}; model {engine.model_id} on {engine.device}; "
+               f"{workers} decode workers", err=True)
+
+    tmp = Path(tempfile.mkdtemp(prefix="maskcore-bench-"))
+    try:
+        # Links, not copies: the batch job reads the same files.
+        for i, p in enumerate(paths):
+            (tmp / "in").mkdir(exist_ok=True)
+            os.symlink(p, tmp / "in" / f"{i:05d}{p.suffix}")
+        summary = run_batch(str(tmp / "in"), tmp / "out", model=model, device=device,
+                            workers=workers, show_progress=False)
+        results["c"] = summary["wall_seconds"]
+        stages = summary["stages"]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    refs = [Ref(source=str(p), key=str(p)) for p in paths]
+    with make_pool(workers) as pool:
+        bench_decode(pool, refs[: CHUNK * workers], engine)  # start the processes first
+        results["d"], x = bench_decode(pool, refs, engine)
+    results["e"] = bench_onnx(engine, x)
+
+    if keras_path.is_file():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import keras
+
+        kmodel = keras.saving.load_model(keras_path)
+        size = engine.spec.size
+        kmodel.predict(np.zeros((1, *size, 3), np.float32), verbose=0)  # warm-up
+        results["b"] = bench_keras_batched(kmodel, paths, size)
+        seeds_n = min(n, 300)  # per-picture predict is slow; its rate is what counts
+        results["a"] = bench_seeds(kmodel, paths[:seeds_n], size) * n / seeds_n
+    else:
+        click.echo(f"no {keras_path}: skipping (a) and (b)", err=True)
+
+    rate = {k: n / v for k, v in results.items()}
+    table = _table(rate, results, n, stages)
+    click.echo(table)
+    if write:
+        _write(write, table, n, workers, engine)
+        click.echo(f"\nwritten to {write}", err=True)
+
+
+def _table(rate: dict[str, float], secs: dict[str, float], n: int, stages: dict) -> str:
+    names = {
+        "a": "(a) seeds: Keras, one picture per predict",
+        "b": "(b) Keras batched (predict, batch 64)",
+        "c": "(c) maskcore batch, end to end",
+        "d": "(d) decode + preprocess alone",
+        "e": "(e) ONNX Runtime inference alone",
+    }
+    lines = ["| stage | seconds | pictures/s |", "| --- | ---: | ---: |"]
+    for k in "abcde":
+        if k in rate:
+            lines.append(f"| {names[k]} | {secs[k]:.2f} | {rate[k]:,.0f} |")
+    lines += ["", "| ratio | measured | goal |", "| --- | ---: | ---: |"]
+    for a, b, goal in (("c", "a", 40), ("c", "b", 2), ("c", "d", 0.5)):
+        if a in rate and b in rate:
+            r = rate[a] / rate[b]
+            ok = "met" if r >= goal else "NOT met"
+            lines.append(f"| ({a}) / ({b}) | {r:,.2f}x | >= {goal}x ({ok}) |")
+    lines += ["", f"Stage times inside (c), {n} pictures: decode CPU summed over workers "
+              f"{stages['decode_cpu']:.2f}s, main process waiting for decoded chunks "
+              f"{stages['wait']:.2f}s, inference {stages['inference']:.2f}s, "
+              f"manifest rows {stages['write']:.2f}s, {stages['batches']} batches."]
+    return "\n".join(lines)
+
+
+def _write(path: Path, table: str, n: int, workers: int, engine: Engine) -> None:
+    old = path.read_text() if path.is_file() else ""
+    gpu = old[old.index(GPU_MARKER):] if GPU_MARKER in old else (
+        f"{GPU_MARKER}\n## GPU\n\nNot measured yet: no GPU machine was lent to the session that "
+        "wrote this file.\n")
+    versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("onnxruntime-gpu", "pillow",
+                                                                 "numpy") if _has(p))
+    text = f"""# Benchmarks
+
+Written by `make bench` on {datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}.
+
+## CPU
+
+Machine: {_cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}; {versions}.
+Model {engine.model_id} ({engine.card.extra.get("gflops_per_picture", "?")} GFLOPs a picture),
+{n} pictures of the shared face-mask dataset (every k-th file), {workers} decode workers,
+batch 64, provider {engine.provider}. Numbers move by 10-20% between runs on a shared machine.
+
+{table}
+
+(a) runs on the first 300 pictures and is scaled to {n}: one `predict` call per picture
+costs the same whatever the picture.
+
+{gpu}"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _has(pkg: str) -> bool:
+    try:
+        metadata.version(pkg)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
+if __name__ == "__main__":
+    bench()
