@@ -16,7 +16,11 @@ OUTPUT ?= results/$(shell date -u +%Y%m%dT%H%M%SZ)
 MODEL  ?=
 ARGS   ?=
 
-.PHONY: help install install-inference test lint audit train batch bench clean
+SOURCE  ?=
+RESULTS ?=
+
+.PHONY: help install install-inference test lint audit train batch bench worker s3-up s3-down \
+	worker-demo clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -55,6 +59,19 @@ batch: $(INFER_STAMP)  ## classify pictures: make batch INPUT=dir/ [OUTPUT=dir] 
 
 bench: $(ALL_STAMP)  ## speed benchmark -> docs/BENCHMARKS.md: make bench [DATA=dir]
 	$(PY) -m jobs.bench --data "$(DATA)" --write docs/BENCHMARKS.md $(ARGS)
+
+worker: $(INFER_STAMP)  ## watch a bucket: make worker SOURCE=s3://b/incoming/ RESULTS=s3://b/results/
+	@test -n "$(SOURCE)" -a -n "$(RESULTS)" || { echo "usage: make worker SOURCE=s3://... RESULTS=s3://... [ARGS=--once]" >&2; exit 2; }
+	$(BIN)/maskcore worker --source "$(SOURCE)" --results "$(RESULTS)" $(ARGS)
+
+s3-up: $(ALL_STAMP)  ## start a local S3 server (moto) on 127.0.0.1:5055 with bucket maskcore
+	$(PY) infra/local/s3_local.py up
+
+s3-down: $(ALL_STAMP)  ## stop the local S3 server
+	$(PY) infra/local/s3_local.py down
+
+worker-demo: $(ALL_STAMP)  ## upload examples/ to the local S3, run the worker --once, print the CSV
+	$(PY) infra/local/s3_local.py demo
 
 clean:  ## remove results and caches (keeps .venv)
 	rm -rf results out .pytest_cache .ruff_cache

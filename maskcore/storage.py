@@ -136,7 +136,9 @@ def make_s3_client(**overrides: Any) -> Any:
         read_timeout=60,
         max_pool_connections=32,
     )
-    return boto3.client("s3", config=config, **overrides)
+    # A session of its own: boto3's default session caches settings read from the environment,
+    # and creating clients from one shared session is not thread-safe.
+    return boto3.session.Session().client("s3", config=config, **overrides)
 
 
 _CLIENT: tuple[int, Any] | None = None

@@ -1,7 +1,7 @@
 """A small HTTP proxy for fault injection: forwards to the S3 server, failing some requests.
 
 Every ``slowdown_every``-th request is answered 503 SlowDown, and every ``reset_every``-th has its
-connection dropped without an answer. Deterministic counters, so a test fails the same way twice.
+connection dropped without an answer; a GET whose path holds ``always_fail`` always gets a 503. Deterministic counters, so a test fails the same way twice.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>
 
 
 class FaultyProxy:
-    def __init__(self, upstream: str, *, slowdown_every: int = 5, reset_every: int = 7) -> None:
+    def __init__(self, upstream: str, *, slowdown_every: int = 5, reset_every: int = 7,
+                 always_fail: str | None = None) -> None:
         self.upstream = urlparse(upstream)
         self.counter = itertools.count(1)
         self.lock = threading.Lock()
@@ -35,12 +36,14 @@ class FaultyProxy:
                     n = next(proxy.counter)
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
-                if reset_every and n % reset_every == 0:
+                unreadable = bool(always_fail and always_fail in self.path
+                                  and self.command == "GET")
+                if reset_every and n % reset_every == 0 and not unreadable:
                     proxy.injected["reset"] += 1
                     self.close_connection = True
                     self.connection.shutdown(2)
                     return
-                if slowdown_every and n % slowdown_every == 0:
+                if unreadable or (slowdown_every and n % slowdown_every == 0):
                     proxy.injected["slowdown"] += 1
                     self.send_response(503)
                     self.send_header("Content-Type", "application/xml")

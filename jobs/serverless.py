@@ -1,0 +1,192 @@
+"""``handler(event, context)``: the worker as a serverless function (AWS Lambda or alike).
+
+Accepted events:
+
+* S3 ``ObjectCreated`` notifications delivered directly (``Records[].eventSource == "aws:s3"``);
+* the same wrapped in SQS messages (each record's ``body`` is an S3 event, or an EventBridge one);
+* EventBridge ``Object Created`` events from S3 (``detail.bucket.name``, ``detail.object.key``);
+* an EventBridge *scheduled* event (no object): one backlog pass like ``worker --once`` over
+  ``$MASKCORE_SOURCE``, the serverless nightly run.
+
+Results go under ``$MASKCORE_RESULTS`` exactly as the worker writes them (one immutable part per
+invocation, the consolidated manifest refreshed at most every ``$MASKCORE_CONSOLIDATE_EVERY``
+seconds per container and on every scheduled run). The model (``$MASKCORE_MODEL`` or the bundled
+one) is loaded once per container and reused. Duplicate deliveries of the same (key, ETag) write
+no second row; keys under the results prefix are ignored, so results may share the bucket. For
+SQS, only messages whose object could not be read (a transient fault) are returned in
+``batchItemFailures``; a picture that cannot be decoded is a result, not a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_plus
+
+from maskcore.engine import Engine
+from maskcore.errors import UsageError
+from maskcore.ledger import ResultsStore
+from maskcore.pipeline import classify
+from maskcore.storage import READ_ERROR_PREFIX, Ref, S3Store, parse_s3_url
+from maskcore.worker import Worker, WorkerConfig, log_event
+
+__all__ = ["handler"]
+
+_ENGINE: Engine | None = None
+_RESULTS: ResultsStore | None = None
+_LAST_CONSOLIDATED = 0.0
+LOADS = {"engine": 0}  # how many times this container loaded the model (tests read it)
+
+# Object keys whose read failed with these are gone for good: a result, not a retry.
+_PERMANENT_READ_ERRORS = ("NoSuchKey", "Not Found", "404", "file vanished")
+
+
+@dataclass(frozen=True)
+class _Object:
+    bucket: str
+    key: str
+    etag: str
+    message_id: str | None  # the SQS message that named it
+
+
+def _engine() -> Engine:
+    global _ENGINE
+    if _ENGINE is None:
+        _ENGINE = Engine(os.environ.get("MASKCORE_MODEL") or None,
+                         device=os.environ.get("MASKCORE_DEVICE", "auto"))  # type: ignore[arg-type]
+        LOADS["engine"] += 1
+    return _ENGINE
+
+
+def _results(engine: Engine) -> ResultsStore:
+    global _RESULTS
+    url = os.environ.get("MASKCORE_RESULTS")
+    if not url:
+        raise UsageError("MASKCORE_RESULTS is not set (the s3:// prefix for results)")
+    if _RESULTS is None or _RESULTS.store.location != parse_s3_url(url):
+        _RESULTS = ResultsStore(S3Store(url), engine.model_id, engine.classes)
+    return _RESULTS
+
+
+def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    """Classify the objects an event names (or the backlog, for a scheduled event)."""
+    engine = _engine()
+    results = _results(engine)
+    if _is_scheduled(event):
+        return _nightly(engine)
+    objects = _objects_of(event)
+    own = results.store.location
+    objects = [o for o in objects
+               if not (o.bucket == own.bucket and o.key.startswith(own.prefix))]
+    results.refresh()
+    todo = [o for o in objects if not (o.etag and results.is_done(o.key, o.etag))]
+    rows = _classify(engine, todo)
+    if rows:
+        results.write_part(rows)
+    failed: set[str] = set()
+    by_source = {f"s3://{o.bucket}/{o.key}": o for o in todo}
+    for row in rows:
+        if _transient(row) and by_source[row["source"]].message_id:
+            failed.add(by_source[row["source"]].message_id)  # type: ignore[arg-type]
+    _maybe_consolidate(results)
+    log_event("invocation", objects=len(objects), classified=len(rows),
+              duplicates=len(objects) - len(todo), transient_failures=len(failed))
+    if _is_sqs(event):
+        return {"batchItemFailures": [{"itemIdentifier": m} for m in sorted(failed)]}
+    return {"classified": len(rows), "duplicates": len(objects) - len(todo),
+            "errors": sum(r["status"] == "error" for r in rows)}
+
+
+def _classify(engine: Engine, objects: list[_Object]) -> list[dict[str, Any]]:
+    """One batch through the shared pipeline, per source bucket (threads: no /dev/shm on Lambda)."""
+    rows: list[dict[str, Any]] = []
+    per_bucket: dict[str, list[_Object]] = defaultdict(list)
+    for o in objects:
+        per_bucket[o.bucket].append(o)
+    for bucket, objs in sorted(per_bucket.items()):
+        source = S3Store(f"s3://{bucket}/")
+        refs = sorted(Ref(source=f"s3://{bucket}/{o.key}", key=o.key, etag=o.etag) for o in objs)
+        classify(refs, source, engine, rows.append, batch_size=max(len(refs), 1), workers=0,
+                 row_extra=lambda ref: {"etag": ref.etag})
+    return rows
+
+
+def _transient(row: dict[str, Any]) -> bool:
+    return (row["status"] == "error" and row["error"].startswith(READ_ERROR_PREFIX)
+            and not any(p in row["error"] for p in _PERMANENT_READ_ERRORS))
+
+
+def _maybe_consolidate(results: ResultsStore, force: bool = False) -> None:
+    global _LAST_CONSOLIDATED
+    every = float(os.environ.get("MASKCORE_CONSOLIDATE_EVERY", "300"))
+    if force or time.monotonic() - _LAST_CONSOLIDATED >= every or not _LAST_CONSOLIDATED:
+        results.consolidate()
+        _LAST_CONSOLIDATED = time.monotonic()
+
+
+def _nightly(engine: Engine) -> dict[str, Any]:
+    source = os.environ.get("MASKCORE_SOURCE")
+    if not source:
+        raise UsageError("a scheduled run needs MASKCORE_SOURCE (the s3:// prefix to classify)")
+    cfg = WorkerConfig(source=source, results=os.environ["MASKCORE_RESULTS"], once=True,
+                       workers=0, batch_size=int(os.environ.get("MASKCORE_BATCH_SIZE", "64")))
+    summary = Worker(cfg, engine).run()
+    return {"classified": summary["this_run"]["pictures"], "total": summary["total"],
+            "errors": summary["errors"]}
+
+
+# --- events ------------------------------------------------------------------------------------
+
+def _is_sqs(event: dict[str, Any]) -> bool:
+    records = event.get("Records") or []
+    return bool(records) and records[0].get("eventSource") == "aws:sqs"
+
+
+def _is_scheduled(event: dict[str, Any]) -> bool:
+    return event.get("detail-type") == "Scheduled Event"
+
+
+def _objects_of(event: dict[str, Any]) -> list[_Object]:
+    """The objects an event names (SQS bodies that are not JSON are logged and dropped)."""
+    objects: list[_Object] = []
+    if event.get("source") == "aws.s3" or event.get("detail-type") == "Object Created":
+        objects += _from_eventbridge(event, None)
+    for record in event.get("Records") or []:
+        source = record.get("eventSource")
+        if source == "aws:s3":
+            objects += _from_s3_record(record, None)
+        elif source == "aws:sqs":
+            msg = record.get("messageId")
+            try:
+                body = json.loads(record.get("body") or "{}")
+            except ValueError:
+                log_event("bad_message", message_id=msg, reason="body is not JSON")
+                continue  # will never parse: retrying would not help
+            if body.get("Event") == "s3:TestEvent":
+                continue
+            if body.get("detail-type") == "Object Created":
+                objects += _from_eventbridge(body, msg)
+            for inner in body.get("Records") or []:
+                objects += _from_s3_record(inner, msg)
+    return objects
+
+
+def _from_s3_record(record: dict[str, Any], message_id: str | None) -> list[_Object]:
+    if not str(record.get("eventName", "")).startswith("ObjectCreated"):
+        return []
+    s3 = record["s3"]
+    return [_Object(bucket=s3["bucket"]["name"],
+                    key=unquote_plus(s3["object"]["key"]),  # S3 notifications URL-encode keys
+                    etag=str(s3["object"].get("eTag", "")).strip('"'),
+                    message_id=message_id)]
+
+
+def _from_eventbridge(event: dict[str, Any], message_id: str | None) -> list[_Object]:
+    detail = event.get("detail") or {}
+    return [_Object(bucket=detail["bucket"]["name"], key=detail["object"]["key"],
+                    etag=str(detail["object"].get("etag", "")).strip('"'),
+                    message_id=message_id)]
