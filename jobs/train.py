@@ -156,7 +156,8 @@ def run_training(
         onnx_sha256=file_sha256(onnx_path),
         extra={
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "architecture": "maskcore_cnn: stride-2 stem, conv-BN-ReLU blocks " + "-".join(map(str, cfg.widths)) + ", GAP, softmax",
+            "architecture": "maskcore_cnn: stride-2 stem, conv-BN-ReLU blocks "
+                            + "-".join(map(str, cfg.widths)) + ", GAP, softmax",
             "parameters": int(model.count_params()),
             "gflops_per_picture": round(flops / 1e9, 4),
             "opset": export.OPSET,

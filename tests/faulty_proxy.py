@@ -1,7 +1,8 @@
 """A small HTTP proxy for fault injection: forwards to the S3 server, failing some requests.
 
 Every ``slowdown_every``-th request is answered 503 SlowDown, and every ``reset_every``-th has its
-connection dropped without an answer; a GET whose path holds ``always_fail`` always gets a 503. Deterministic counters, so a test fails the same way twice.
+connection dropped without an answer; a GET whose path holds ``always_fail`` always gets a 503.
+Deterministic counters, so a test fails the same way twice.
 """
 
 from __future__ import annotations

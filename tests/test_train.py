@@ -40,7 +40,8 @@ def make_dataset(root: Path, classes: list[str], per_class: int, kinds: list[str
     for cls, kind in zip(classes, kinds, strict=True):
         (root / cls).mkdir(parents=True)
         for i in range(per_class):
-            (root / cls / f"{i:03d}.png").write_bytes(encode(shape_picture(kind, zlib.crc32(cls.encode()) % 97 + i)))
+            seed = zlib.crc32(cls.encode()) % 97 + i
+            (root / cls / f"{i:03d}.png").write_bytes(encode(shape_picture(kind, seed)))
     return root
 
 
