@@ -34,10 +34,10 @@ $(INFER_STAMP): pyproject.toml | $(BIN)/python
 	touch $@
 
 $(ALL_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[train,test]"
+	$(BIN)/pip install -q -e ".[train,test,ray]"
 	touch $@ $(INFER_STAMP)
 
-install: $(ALL_STAMP)  ## create .venv with the project, training and test dependencies
+install: $(ALL_STAMP)  ## create .venv with the project, training, Ray and test dependencies
 
 install-inference: $(INFER_STAMP)  ## create .venv with the inference side only (no TensorFlow)
 

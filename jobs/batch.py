@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from maskcore.cli import run_command
+from maskcore.cli import ray_options_decorator, ray_options_from, run_command
 from maskcore.engine import Engine
 from maskcore.manifest import ManifestWriter
 from maskcore.pipeline import classify
@@ -35,6 +35,8 @@ def run_batch(
     formats: tuple[str, ...] = FORMATS,
     threshold: float = 0.5,
     show_progress: bool = True,
+    runner: str = "local",
+    ray_options: Any = None,
 ) -> dict[str, Any]:
     """Classify every file under ``input_spec`` and write the manifest and summary into ``out``.
 
@@ -51,18 +53,31 @@ def run_batch(
     source = open_source(input_spec)
     if isinstance(source, S3Store):
         source.check()
-    engine = Engine(model, device=device)  # type: ignore[arg-type]
+    if runner == "ray":
+        from maskcore.ray_runner import RayOptions, classify_ray, require_ray
+
+        require_ray()  # before any work: without Ray this is a usage error
+        ray_options = ray_options or RayOptions()
+    # With Ray the driver only reads the card; the actors run the model on ``device``.
+    engine = Engine(model, device="cpu" if runner == "ray" else device)  # type: ignore[arg-type]
     workers = default_workers() if workers is None else workers
-    click.echo(f"model {engine.model_id} ({engine.path}) on {engine.device} "
-               f"[{engine.provider}]", err=True)
+    where = f"Ray actors ({device})" if runner == "ray" else \
+        f"{engine.device} [{engine.provider}]"
+    click.echo(f"model {engine.model_id} ({engine.path}) on {where}", err=True)
     refs = list(source.list())
     skipped = source.hidden_skipped if isinstance(source, LocalSource) else 0
     click.echo(f"{len(refs):,} files under {source.describe()}"
                + (f" ({skipped} hidden skipped)" if skipped else ""), err=True)
     writer = ManifestWriter(out, engine.classes, formats)
     bar = Progress(len(refs), "pictures", enabled=show_progress)
-    times = classify(refs, source, engine, writer.write, batch_size=batch_size,
-                     workers=workers, threshold=threshold, progress=bar)
+    cluster: dict[str, float] = {}
+    if runner == "ray":
+        times, cluster = classify_ray(refs, source, str(engine.path), engine.spec, writer.write,
+                                      device=device, batch_size=batch_size, threshold=threshold,
+                                      progress=bar, options=ray_options)
+    else:
+        times = classify(refs, source, engine, writer.write, batch_size=batch_size,
+                         workers=workers, threshold=threshold, progress=bar)
     bar.close()
     wall = time.monotonic() - t0
     summary = {
@@ -73,14 +88,15 @@ def run_batch(
         "stages": times.to_dict(),
         "model_id": engine.model_id,
         "model_path": str(engine.path),
-        "device": engine.device,
-        "provider": engine.provider,
+        "device": device if runner == "ray" else engine.device,
+        "provider": "per Ray actor" if runner == "ray" else engine.provider,
         "batch_size": batch_size,
         "workers": workers,
         "threshold": threshold,
         "input": source.describe(),
         "output": str(out),
-        "runner": "local",
+        "runner": runner,
+        **({"ray_cluster": cluster} if runner == "ray" else {}),
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -124,9 +140,10 @@ def format_summary(summary: dict[str, Any]) -> str:
               help="Exit 1 when any picture got an error row.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="A bar on a terminal, a log line every few seconds elsewhere.")
+@ray_options_decorator
 def batch(input_spec: str, out: Path, model: str | None, batch_size: int, device: str,
           workers: int | None, formats: str, threshold: float, fail_on_error: bool,
-          progress: bool) -> None:
+          progress: bool, runner: str, **ray_args: Any) -> None:
     """Classify every picture under INPUT: a folder (recursive), one file, or s3://bucket/prefix/.
 
     \b
@@ -151,7 +168,8 @@ def batch(input_spec: str, out: Path, model: str | None, batch_size: int, device
     def _run() -> dict[str, Any]:
         return run_batch(input_spec, out, model=model, batch_size=batch_size, device=device,
                          workers=workers, formats=chosen, threshold=threshold,
-                         show_progress=progress)
+                         show_progress=progress, runner=runner,
+                         ray_options=ray_options_from(ray_args))
 
     summary = run_command(_run)
     click.echo(format_summary(summary))

@@ -6,7 +6,9 @@ On the same pictures, in one run:
 (b) Keras batched: the same preprocessing, then ``model.predict(batch_size=64)``;
 (c) this batch job end to end (manifest written), all cores decoding;
 (d) decode + preprocess alone with the same worker count (the floor on a CPU);
-(e) ONNX Runtime inference alone on preprocessed batches.
+(e) ONNX Runtime inference alone on preprocessed batches;
+(f) the batch job on the Ray runner (in-process Ray on this machine), when Ray is installed;
+and, for the sizing rule in docs/SCALE.md, decoding on one process and inference on one thread.
 
 Writes docs/BENCHMARKS.md (the CPU section; a GPU section measured on a lent machine is kept).
 """
@@ -123,6 +125,11 @@ def bench(data: Path, model: str, limit: int, workers: int | None, device: str,
                             workers=workers, show_progress=False)
         results["c"] = summary["wall_seconds"]
         stages = summary["stages"]
+
+        if _has("ray"):
+            ray_summary = run_batch(str(tmp / "in"), tmp / "out_ray", model=model, device=device,
+                                    workers=workers, show_progress=False, runner="ray")
+            results["f"] = ray_summary["wall_seconds"]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -131,6 +138,10 @@ def bench(data: Path, model: str, limit: int, workers: int | None, device: str,
         bench_decode(pool, refs[: CHUNK * workers], engine)  # start the processes first
         results["d"], x = bench_decode(pool, refs, engine)
     results["e"] = bench_onnx(engine, x)
+    with make_pool(1) as pool:
+        bench_decode(pool, refs[:CHUNK], engine)
+        results["d1"], _ = bench_decode(pool, refs, engine)
+    results["e1"] = bench_onnx(Engine(model, device=device, threads=1), x)
 
     if keras_path.is_file():
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -160,17 +171,21 @@ def _table(rate: dict[str, float], secs: dict[str, float], n: int, stages: dict)
         "c": "(c) maskcore batch, end to end",
         "d": "(d) decode + preprocess alone",
         "e": "(e) ONNX Runtime inference alone",
+        "f": "(f) maskcore batch --runner ray (in-process Ray, same machine)",
+        "d1": "decode + preprocess, 1 process",
+        "e1": "ONNX Runtime inference, 1 thread",
     }
     lines = ["| stage | seconds | pictures/s |", "| --- | ---: | ---: |"]
-    for k in "abcde":
+    for k in ("a", "b", "c", "d", "e", "f", "d1", "e1"):
         if k in rate:
             lines.append(f"| {names[k]} | {secs[k]:.2f} | {rate[k]:,.0f} |")
     lines += ["", "| ratio | measured | goal |", "| --- | ---: | ---: |"]
-    for a, b, goal in (("c", "a", 40), ("c", "b", 2), ("c", "d", 0.5)):
+    for a, b, goal in (("c", "a", 40), ("c", "b", 2), ("c", "d", 0.5), ("f", "c", None)):
         if a in rate and b in rate:
             r = rate[a] / rate[b]
-            ok = "met" if r >= goal else "NOT met"
-            lines.append(f"| ({a}) / ({b}) | {r:,.2f}x | >= {goal}x ({ok}) |")
+            target = "(none: a comparison)" if goal is None else \
+                f">= {goal}x ({'met' if r >= goal else 'NOT met'})"
+            lines.append(f"| ({a}) / ({b}) | {r:,.2f}x | {target} |")
     lines += ["", f"Stage times inside (c), {n} pictures: decode CPU summed over workers "
               f"{stages['decode_cpu']:.2f}s, main process waiting for decoded chunks "
               f"{stages['wait']:.2f}s, inference {stages['inference']:.2f}s, "

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from maskcore.cli import run_command
+from maskcore.cli import ray_options_decorator, ray_options_from, run_command
 from maskcore.engine import Engine
 from maskcore.worker import Worker, WorkerConfig, log_event, parse_shard
 
@@ -20,8 +20,13 @@ __all__ = ["worker", "run_worker"]
 def run_worker(cfg: WorkerConfig, *, model: str | None, device: str,
                show_progress: bool = False) -> dict[str, Any]:
     """Build the engine and worker, install the signal handlers, run. Returns the summary."""
-    engine = Engine(model, device=device)  # type: ignore[arg-type]
-    w = Worker(cfg, engine)
+    if cfg.runner == "ray":
+        from maskcore.ray_runner import require_ray
+
+        require_ray()
+    # With Ray the driver only reads the card; the actors run the model on ``device``.
+    engine = Engine(model, device="cpu" if cfg.runner == "ray" else device)  # type: ignore[arg-type]
+    w = Worker(cfg, engine, device=device)
 
     def on_signal(signum: int, frame: Any) -> None:
         if w.stopping:  # the second signal: no more waiting
@@ -65,9 +70,11 @@ def run_worker(cfg: WorkerConfig, *, model: str | None, device: str,
               help="Seconds between refreshes of the consolidated manifest when watching.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar [default: only on a terminal].")
+@ray_options_decorator
 def worker(source: str, results: str, once: bool, poll_interval: float, batch_size: int,
            max_wait: float, model: str | None, device: str, reprocess: bool, shard: str | None,
-           workers: int | None, consolidate_every: float, progress: bool | None) -> None:
+           workers: int | None, consolidate_every: float, progress: bool | None, runner: str,
+           **ray_args: Any) -> None:
     """Classify the pictures that land under an S3 prefix, never losing or repeating one.
 
     \b
@@ -76,7 +83,8 @@ def worker(source: str, results: str, once: bool, poll_interval: float, batch_si
     Results: RESULTS/manifest.jsonl, manifest.csv and summary.json, one row per object.
     SIGTERM or Ctrl-C: finish and write the batch in hand, then exit 0; a second
     signal exits at once. S3 settings come from the standard AWS variables
-    (AWS_ENDPOINT_URL for MinIO, Ceph or a local server).
+    (AWS_ENDPOINT_URL for MinIO, Ceph or a local server). With --once, --runner ray
+    runs the pass on a Ray cluster (the same ledger and results).
     """
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
@@ -84,7 +92,9 @@ def worker(source: str, results: str, once: bool, poll_interval: float, batch_si
         cfg = WorkerConfig(source=source, results=results, once=once,
                            poll_interval=poll_interval, batch_size=batch_size,
                            max_wait=max_wait, reprocess=reprocess, shard=parse_shard(shard),
-                           workers=workers, consolidate_every=consolidate_every)
+                           workers=workers, consolidate_every=consolidate_every,
+                           runner=runner,
+                           ray=ray_options_from(ray_args) if runner == "ray" else None)
         show = sys.stderr.isatty() if progress is None else progress
         return run_worker(cfg, model=model, device=device, show_progress=show)
 

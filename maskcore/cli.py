@@ -51,6 +51,41 @@ def main() -> None:
     """
 
 
+def ray_options_decorator(fn: Any) -> Any:
+    """The runner options that ``batch`` and ``worker`` share."""
+    options = [
+        click.option("--runner", type=click.Choice(["local", "ray"]), default="local",
+                     show_default=True, envvar="MASKCORE_RUNNER", show_envvar=True,
+                     help="local: a process pool on this machine. ray: the same stages on a Ray "
+                          "cluster (Ray Data), for more than one machine."),
+        click.option("--ray-address", default=None, envvar="RAY_ADDRESS", show_envvar=True,
+                     help="Ray cluster to join ('auto' or ray://host:port) [default: start Ray "
+                          "here, in-process]."),
+        click.option("--inference-actors", default=1, show_default=True, type=click.IntRange(1),
+                     envvar="MASKCORE_INFERENCE_ACTORS", show_envvar=True,
+                     help="Ray: actors running the model (each loads it once)."),
+        click.option("--cpus-per-actor", default=1.0, show_default=True,
+                     type=click.FloatRange(0.1), envvar="MASKCORE_CPUS_PER_ACTOR",
+                     show_envvar=True, help="Ray: CPUs reserved per inference actor."),
+        click.option("--gpus-per-actor", default=0.0, show_default=True, type=click.FloatRange(0),
+                     envvar="MASKCORE_GPUS_PER_ACTOR", show_envvar=True,
+                     help="Ray: GPUs per inference actor (1 gives each a GPU and CUDA)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def ray_options_from(args: dict[str, Any]) -> Any:
+    """RayOptions from the parsed runner options (Ray itself is not imported here)."""
+    from maskcore.ray_runner import RayOptions
+
+    return RayOptions(address=args.get("ray_address"),
+                      inference_actors=args.get("inference_actors", 1),
+                      cpus_per_actor=args.get("cpus_per_actor", 1.0),
+                      gpus_per_actor=args.get("gpus_per_actor", 0.0))
+
+
 def run_command(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Call the library; turn the package's own errors into one stderr line and exit code 2.
 

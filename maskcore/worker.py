@@ -69,14 +69,19 @@ class WorkerConfig:
     workers: int | None = None  # decode processes; None = all cores
     consolidate_every: float = 300.0  # seconds between manifest refreshes when watching
     threshold: float = 0.5
+    runner: str = "local"  # or "ray": the same stages on a Ray cluster (once mode only)
+    ray: Any = None  # RayOptions for the ray runner
 
 
 class Worker:
     """Runs the watch/once loop for one source prefix and one model."""
 
-    def __init__(self, cfg: WorkerConfig, engine: Engine) -> None:
+    def __init__(self, cfg: WorkerConfig, engine: Engine, device: str = "auto") -> None:
+        if cfg.runner == "ray" and not cfg.once:
+            raise UsageError("--runner ray runs the nightly pass: use it with --once")
         self.cfg = cfg
         self.engine = engine
+        self.device = device  # what the Ray actors are asked for
         self.source = S3Store(cfg.source)
         self.results = ResultsStore(S3Store(cfg.results), engine.model_id, engine.classes)
         self._stop = threading.Event()
@@ -131,11 +136,20 @@ class Worker:
             batch_start[0] = time.monotonic()
 
         batch_start = [time.monotonic()]
-        classify(refs, self.source, self.engine, lambda row: None,
-                 batch_size=self.cfg.batch_size, workers=self.cfg.workers,
-                 threshold=self.cfg.threshold, progress=progress,
-                 row_extra=lambda ref: {"etag": ref.etag}, on_batch=on_batch,
-                 stop=self._stop.is_set)
+        if self.cfg.runner == "ray":
+            from maskcore.ray_runner import RayOptions, classify_ray
+
+            classify_ray(refs, self.source, str(self.engine.path), self.engine.spec,
+                         lambda row: None, device=self.device, batch_size=self.cfg.batch_size,
+                         threshold=self.cfg.threshold, progress=progress, with_etag=True,
+                         on_batch=on_batch, stop=self._stop.is_set,
+                         options=self.cfg.ray or RayOptions())
+        else:
+            classify(refs, self.source, self.engine, lambda row: None,
+                     batch_size=self.cfg.batch_size, workers=self.cfg.workers,
+                     threshold=self.cfg.threshold, progress=progress,
+                     row_extra=lambda ref: {"etag": ref.etag}, on_batch=on_batch,
+                     stop=self._stop.is_set)
         return written
 
     def run(self, *, show_progress: bool = False) -> dict[str, Any]:
@@ -148,7 +162,8 @@ class Worker:
         self.results.store.check()
         log_event("start", source=self.cfg.source, results=self.cfg.results,
                   model_id=self.engine.model_id, device=self.engine.device,
-                  once=self.cfg.once, shard=f"{self.cfg.shard[0]}/{self.cfg.shard[1]}")
+                  once=self.cfg.once, runner=self.cfg.runner,
+                  shard=f"{self.cfg.shard[0]}/{self.cfg.shard[1]}")
         last_consolidated = time.monotonic()
         while not self.stopping:
             todo = self._pending_with_retry()
@@ -188,7 +203,8 @@ class Worker:
     def _consolidate(self) -> dict[str, Any]:
         t0 = time.monotonic()
         summary = self.results.consolidate({
-            "source": self.cfg.source, "device": self.engine.device,
+            "source": self.cfg.source, "runner": self.cfg.runner,
+            "device": self.device if self.cfg.runner == "ray" else self.engine.device,
             "provider": self.engine.provider, "batch_size": self.cfg.batch_size,
             "this_run": dict(self.totals),
         })

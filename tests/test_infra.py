@@ -44,7 +44,8 @@ def check_cli_args(args: list[str]) -> None:
 
 
 def test_there_are_dockerfiles_and_manifests():
-    assert {p.name for p in DOCKERFILES} == {"Dockerfile", "Dockerfile.gpu", "Dockerfile.lambda"}
+    assert {p.name for p in DOCKERFILES} == {"Dockerfile", "Dockerfile.gpu", "Dockerfile.lambda",
+                                             "Dockerfile.ray"}
     assert len(K8S) >= 5
 
 
@@ -61,10 +62,11 @@ def test_dockerfile_entrypoint_is_real(path):
     text = path.read_text()
     entry = re.search(r"^ENTRYPOINT (\[.*\])", text, re.M)
     cmd = json.loads(re.search(r"^CMD (\[.*\])", text, re.M).group(1))
-    if entry:
-        assert json.loads(entry.group(1)) == ["maskcore"]
+    argv = (json.loads(entry.group(1)) if entry else []) + cmd
+    if argv[0] == "maskcore":  # the console script, then a sub-command (or --help)
         assert 'maskcore = "maskcore.cli:main"' in (ROOT / "pyproject.toml").read_text()
-        check_cli_args(cmd)
+        if argv[1:] != ["--help"]:
+            check_cli_args(argv[1:])
     else:  # the Lambda image names its handler
         module, attr = cmd[0].rsplit(".", 1)
         assert callable(getattr(importlib.import_module(module), attr))
@@ -115,3 +117,54 @@ def test_compose_worker_command_exists():
     compose = yaml.safe_load((ROOT / "infra" / "local" / "docker-compose.yml").read_text())
     check_cli_args(compose["services"]["worker"]["command"])
     assert (ROOT / compose["services"]["worker"]["build"]["dockerfile"]).is_file()
+
+
+KUBERAY_SCHEMAS = ROOT.parent / "shared" / "schemas" / "kuberay-v1.7.0"
+needs_kuberay = pytest.mark.skipif(
+    not KUBERAY_SCHEMAS.is_dir(),
+    reason="KubeRay's schemas (../shared/schemas/kuberay-v1.7.0) are not on this machine")
+
+
+def _kuberay_errors(doc: dict) -> list[str]:
+    import jsonschema
+
+    name = {"RayJob": "rayjob-v1.json", "RayCronJob": "raycronjob-v1.json",
+            "RayCluster": "raycluster-v1.json"}[doc["kind"]]
+    schema = json.loads((KUBERAY_SCHEMAS / name).read_text())
+    return [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(doc)]
+
+
+@needs_kuberay
+@pytest.mark.parametrize("name", ["rayjob.yaml", "raycronjob.yaml"])
+def test_kuberay_manifest_validates(name):
+    (doc,) = docs(ROOT / "infra" / "k8s" / name)
+    assert doc["apiVersion"] == "ray.io/v1"
+    assert _kuberay_errors(doc) == []
+
+
+@needs_kuberay
+def test_kuberay_planted_errors_are_caught():
+    (doc,) = docs(ROOT / "infra" / "k8s" / "raycronjob.yaml")
+    doc["spec"]["jobTemplate"]["shutdownAfterJobFinishes"] = "yes"
+    doc["spec"]["jobTemplate"]["rayClusterSpec"]["workerGroupSpecs"][0]["minReplicas"] = "one"
+    assert len(_kuberay_errors(doc)) == 2
+
+
+@pytest.mark.parametrize("name", ["rayjob.yaml", "raycronjob.yaml"])
+def test_kuberay_entrypoint_and_groups(name):
+    (doc,) = docs(ROOT / "infra" / "k8s" / name)
+    job = doc["spec"]["jobTemplate"] if doc["kind"] == "RayCronJob" else doc["spec"]
+    args = job["entrypoint"].split()
+    assert args[0] == "maskcore"
+    check_cli_args(args[1:])
+    assert {"--once", "--runner", "--ray-address"} <= set(args)
+    assert args[args.index("--runner") + 1] == "ray"
+    groups = job["rayClusterSpec"]["workerGroupSpecs"]
+    limits = [c["resources"]["limits"] for g in groups for c in g["template"]["spec"]["containers"]]
+    assert any(lim.get("nvidia.com/gpu") == 1 for lim in limits)  # a GPU group
+    assert any("nvidia.com/gpu" not in lim for lim in limits)  # and a CPU group for decoding
+    assert job["rayClusterSpec"]["rayVersion"] == "2.60.0"
+    dockerfile = (ROOT / "infra" / "docker" / "Dockerfile.ray").read_text()
+    assert '"ray[data]==2.60.0"' in dockerfile  # the image runs the Ray the cluster declares
+    if doc["kind"] == "RayCronJob":
+        assert doc["spec"]["schedule"] == "0 2 * * *"
