@@ -11,8 +11,10 @@ from maskcore.cli import run_command
 from maskcore.dataset import audit as audit_report
 from maskcore.dataset import format_audit, inspect, scan
 
+SHORT_HELP = "Audit a dataset: balance, sizes, duplicates, unreadable files."
 
-@click.command()
+
+@click.command(short_help=SHORT_HELP)
 @click.argument("data_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the full report as JSON here.")

@@ -118,7 +118,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@click.command()
+SHORT_HELP = "Classify a folder, a file or an s3:// prefix into a manifest."
+
+
+@click.command(short_help=SHORT_HELP)
 @click.argument("input_spec", metavar="INPUT")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for manifest.jsonl, manifest.csv and summary.json.")

@@ -45,7 +45,7 @@ def run_training(
     batch_size: int = 32,
     val: float = 0.15,
     test: float = 0.15,
-    patience: int = 12,
+    patience: int = 40,
     augment: bool = True,
     workers: int | None = None,
 ) -> dict[str, Any]:
@@ -206,7 +206,10 @@ def _versions() -> dict[str, str]:
     return out
 
 
-@click.command()
+SHORT_HELP = "Train, evaluate and export a model to ONNX with its card."
+
+
+@click.command(short_help=SHORT_HELP)
 @click.argument("data_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for model.onnx, model.json, model.keras, report.json and plots.")
@@ -217,7 +220,7 @@ def _versions() -> dict[str, str]:
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--val", default=0.15, show_default=True, help="Validation share of each class.")
 @click.option("--test", default=0.15, show_default=True, help="Test share of each class.")
-@click.option("--patience", default=12, show_default=True,
+@click.option("--patience", default=40, show_default=True,
               help="Epochs without better validation loss before stopping.")
 @click.option("--augment/--no-augment", default=True, show_default=True,
               help="Flip, rotate, zoom, brightness and contrast on training batches.")

@@ -41,7 +41,10 @@ def run_worker(cfg: WorkerConfig, *, model: str | None, device: str,
     return w.run(show_progress=show_progress)
 
 
-@click.command()
+SHORT_HELP = "Watch an S3 prefix and classify what lands (--once: one pass)."
+
+
+@click.command(short_help=SHORT_HELP)
 @click.option("--source", required=True, envvar="MASKCORE_SOURCE", show_envvar=True,
               help="The prefix to classify: s3://bucket/incoming/.")
 @click.option("--results", required=True, envvar="MASKCORE_RESULTS", show_envvar=True,

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from maskcore.engine import Engine
-from maskcore.errors import UsageError
+from maskcore.errors import StorageError, UsageError
 from maskcore.ledger import ResultsStore
 from maskcore.pipeline import classify
 from maskcore.progress import Progress
@@ -176,8 +176,16 @@ class Worker:
             if todo:
                 log_event("pass", pending=len(todo))
                 bar = Progress(len(todo), "pictures", enabled=show_progress)
-                self.process(todo, bar)
-                bar.close()
+                try:
+                    self.process(todo, bar)
+                except StorageError as exc:
+                    # S3 still failing after botocore's retries. The batch whose part could not
+                    # be written is not recorded, so the next pass does it again.
+                    if self.cfg.once:
+                        raise
+                    log_event("pass_failed", error=str(exc))
+                finally:
+                    bar.close()
             if self.cfg.once:
                 break
             if time.monotonic() - last_consolidated >= self.cfg.consolidate_every:
@@ -190,8 +198,6 @@ class Worker:
 
     def _pending_with_retry(self) -> list[Ref]:
         """Listing fails only after botocore's own retries; in watch mode try again later."""
-        from maskcore.errors import StorageError
-
         try:
             return self.pending()
         except StorageError as exc:

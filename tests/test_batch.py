@@ -34,6 +34,14 @@ def _run(args: list[str]) -> tuple[int, str]:
     return r.exit_code, r.output
 
 
+def _classify(root: Path, out: Path, model: Path, *extra: str) -> tuple[list[dict], str]:
+    """Run the batch job (no progress); assert it finished; return its rows and output."""
+    code, output = _run(["batch", str(root), "--out", str(out), "--model", str(model),
+                         "--no-progress", *extra])
+    assert code == 0, output
+    return _rows(out), output
+
+
 @pytest.fixture
 def mixed(tmp_path, face_pictures) -> tuple[Path, dict[str, str]]:
     """A folder of good pictures and every kind of bad file; returns it and the expected statuses."""
@@ -64,10 +72,7 @@ def mixed(tmp_path, face_pictures) -> tuple[Path, dict[str, str]]:
 def test_every_file_gets_one_row_with_the_right_status(mixed, tmp_path, model_path):
     root, expected = mixed
     out = tmp_path / "out"
-    code, output = _run(["batch", str(root), "--out", str(out), "--model", str(model_path),
-                         "--workers", "2", "--no-progress"])
-    assert code == 0, output
-    rows = _rows(out)
+    rows, output = _classify(root, out, model_path, "--workers", "2")
     assert {r["source"]: r["status"] for r in rows} == expected
     assert [r["source"] for r in rows] == sorted(expected)  # stable order
     for r in rows:
@@ -118,10 +123,7 @@ def test_exit_codes(mixed, tmp_path, model_path):
 def test_csv_and_jsonl_agree(mixed, tmp_path, model_path):
     root, _ = mixed
     out = tmp_path / "out"
-    code, output = _run(["batch", str(root), "--out", str(out), "--model", str(model_path),
-                         "--workers", "0", "--no-progress"])
-    assert code == 0, output
-    rows = _rows(out)
+    rows, _ = _classify(root, out, model_path, "--workers", "0")
     records = list(csv.DictReader(io.StringIO((out / "manifest.csv").read_text())))
     assert len(records) == len(rows)
     for row, rec in zip(rows, records, strict=True):
@@ -138,12 +140,9 @@ def test_rows_do_not_depend_on_workers_or_batch_size(mixed, tmp_path, model_path
     root, _ = mixed
     results = []
     for workers, size in [(0, 64), (1, 1), (2, 7)]:
-        out = tmp_path / f"w{workers}b{size}"
-        code, output = _run(["batch", str(root), "--out", str(out), "--model", str(model_path),
-                             "--workers", str(workers), "--batch-size", str(size),
-                             "--no-progress"])
-        assert code == 0, output
-        results.append(_stable(_rows(out)))
+        rows, _ = _classify(root, tmp_path / f"w{workers}b{size}", model_path,
+                            "--workers", str(workers), "--batch-size", str(size))
+        results.append(_stable(rows))
     assert results[0] == results[1] == results[2]
 
 
@@ -156,11 +155,8 @@ def test_exif_rotation_gives_the_same_label(tmp_path, face_pictures, model_path)
         exif = Image.Exif()
         exif[0x0112] = 6  # stored turned a quarter; the tag turns it back
         upright.rotate(90, expand=True).save(folder / f"{i}_tagged.png", exif=exif.tobytes())
-    out = tmp_path / "out"
-    code, output = _run(["batch", str(folder), "--out", str(out), "--model", str(model_path),
-                         "--workers", "0", "--no-progress"])
-    assert code == 0, output
-    by = {r["source"]: r for r in _rows(out)}
+    rows, _ = _classify(folder, tmp_path / "out", model_path, "--workers", "0")
+    by = {r["source"]: r for r in rows}
     for i in range(min(6, len(face_pictures))):
         a, b = by[f"{i}_upright.png"], by[f"{i}_tagged.png"]
         assert a["label"] == b["label"]
