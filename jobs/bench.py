@@ -92,8 +92,8 @@ def bench_onnx(engine: Engine, x: np.ndarray, batch: int = 64) -> float:
               type=click.Path(file_okay=False, path_type=Path), help="Folder of pictures.")
 @click.option("--model", default=str(DEFAULT_MODEL), show_default=True,
               help="model.onnx; model.keras beside it is used for (a) and (b).")
-@click.option("--limit", default=1000, show_default=True,
-              help="Pictures to measure on (the same ones for every stage).")
+@click.option("--limit", default=0, show_default=True,
+              help="Pictures to measure on, the same ones for every stage (0: all).")
 @click.option("--workers", type=int, default=None, help="Decode processes [default: all cores].")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--write", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -105,6 +105,7 @@ def bench(data: Path, model: str, limit: int, workers: int | None, device: str,
 
     workers = default_workers() if workers is None else workers
     index = scan(data)
+    limit = limit or len(index.samples)
     step = max(len(index.samples) // limit, 1)
     picked = list(index.samples[::step])[:limit]
     paths = [s.path for s in picked]
@@ -196,8 +197,10 @@ def _table(rate: dict[str, float], secs: dict[str, float], n: int, stages: dict)
 def _write(path: Path, table: str, n: int, workers: int, engine: Engine) -> None:
     old = path.read_text() if path.is_file() else ""
     gpu = old[old.index(GPU_MARKER):] if GPU_MARKER in old else (
-        f"{GPU_MARKER}\n## GPU\n\nNot measured yet: no GPU machine was lent to the session that "
-        "wrote this file.\n")
+        f"{GPU_MARKER}\n## GPU\n\nNot measured: no GPU machine was lent to the task that wrote "
+        "this file (the device tool's status answered `can_start_another: false`). On a machine "
+        "with one, `make bench ARGS=\"--device cuda\"` measures (c) and (e) on CUDA; record the "
+        "figures here.\n")
     versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("onnxruntime-gpu", "pillow",
                                                                  "numpy") if _has(p))
     text = f"""# Benchmarks

