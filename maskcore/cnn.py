@@ -170,7 +170,8 @@ def save_for_inference(model: keras.Model, path: Any) -> None:
     path = Path(path)
     tmp = path.with_name(path.stem + ".stored.keras")
     model.save(tmp)
-    with zipfile.ZipFile(tmp) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as dst:
+    deflated = zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9)
+    with zipfile.ZipFile(tmp) as src, deflated as dst:
         for info in src.infolist():
             dst.writestr(info.filename, src.read(info.filename))
     tmp.unlink()
