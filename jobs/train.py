@@ -48,6 +48,7 @@ def run_training(
     patience: int = 40,
     augment: bool = True,
     workers: int | None = None,
+    widths: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
     """Run the whole training job; returns the model card as a dict.
 
@@ -110,6 +111,8 @@ def run_training(
 
     cfg = cnn.TrainConfig(epochs=epochs, batch_size=batch_size, patience=patience,
                           augment=augment, seed=seed)
+    if widths:
+        cfg = replace(cfg, widths=tuple(widths))
     gpus = cnn.setup_tensorflow(seed)
     _log(f"TensorFlow sees {len(gpus)} GPU(s)" + (f": {gpus}" if gpus else "; training on CPU"))
     model = cnn.build_model(len(index.classes), spec.size, cfg)
@@ -195,6 +198,18 @@ def run_training(
     return card.to_dict()
 
 
+def _widths(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError as exc:
+        raise click.BadParameter("comma-separated whole numbers, such as 32,64,128") from exc
+    if not widths or min(widths) < 1:
+        raise click.BadParameter("at least one width, each positive")
+    return widths
+
+
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("tensorflow-cpu", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime-gpu",
@@ -226,6 +241,9 @@ SHORT_HELP = "Train, evaluate and export a model to ONNX with its card."
               help="Flip, rotate, zoom, brightness and contrast on training batches.")
 @click.option("--workers", type=int, default=None,
               help="Processes that decode the dataset [default: all cores].")
+@click.option("--widths", default=None, callback=lambda ctx, p, v: _widths(v),
+              help="Conv block widths, comma-separated [default: 32,64,128,256,256]; each "
+                   "block but the last halves the side.")
 def train(data_dir: Path, out: Path, **options: Any) -> None:
     """Train the face-mask CNN on DATA_DIR (one sub-folder per class) and export it to ONNX.
 

@@ -157,6 +157,8 @@ def load(data: bytes, spec: PreprocessSpec = DEFAULT_SPEC) -> Decoded:
         # counts, so silence its warning rather than let it leak into a user's log.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Raised by the very convert("RGBA") it recommends (see _to_rgb).
+            warnings.filterwarnings("ignore", message="Palette images with Transparency")
             im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
             width, height = im.size
             if width < 1 or height < 1:

@@ -82,9 +82,10 @@ def decode_batch(batch: dict[str, np.ndarray], source: Source, spec: PreprocessS
     }
 
 
-def spread_tasks() -> dict[str, Any]:
-    """Remote args of the decode tasks: spread them across the cluster's nodes."""
-    return {"scheduling_strategy": "SPREAD"}
+def _decode_memory(spec: PreprocessSpec) -> int:
+    """Bytes a decode task may need: the largest allowed picture as RGBA, plus its batch."""
+    h, w = spec.size
+    return spec.max_pixels * 4 + CHUNK * h * w * 3 * 4 * 2 + (64 << 20)
 
 
 class Classifier:
@@ -188,12 +189,12 @@ def classify_ray(
         ctx.execution_options.preserve_order = True  # rows in input order, like the local runner
         ctx.enable_progress_bars = False
         ds = ray.data.from_items(items)
-        # Decode tasks spread over every node. Stating their remote args through a function
-        # also keeps Ray from fusing them into the inference actors (it fuses stages whose
-        # args it can compare equal), which would leave a cluster's decoding to the few actors.
+        # Each decode task reserves room for the largest picture it may meet. That also keeps
+        # Ray from fusing decoding into the inference actors (it fuses stages whose resource
+        # requests are equal), which would leave a cluster's decoding to the few actors.
         ds = ds.map_batches(decode_batch, fn_kwargs={"source": source, "spec": spec},
                             batch_size=CHUNK, batch_format="numpy", num_cpus=1,
-                            ray_remote_args_fn=spread_tasks)
+                            memory=_decode_memory(spec))
         ds = ds.map_batches(
             Classifier,
             fn_constructor_kwargs={"model": model, "device": device, "threshold": threshold,
