@@ -217,7 +217,9 @@ batch 64, provider {engine.provider}. Numbers move by 10-20% between runs on a s
 {table}
 
 (a) runs on the first 300 pictures and is scaled to {n}: one `predict` call per picture
-costs the same whatever the picture.
+costs the same whatever the picture. On a CPU, (c) runs the model inside each decode process
+(loaded once per process, one ONNX Runtime thread), so only probabilities cross processes;
+(e) is the single engine with all cores, as it runs in front of a GPU.
 
 {gpu}"""
     path.parent.mkdir(parents=True, exist_ok=True)
