@@ -13,8 +13,7 @@ import hashlib
 import os
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -252,13 +251,3 @@ def format_audit(report: dict[str, Any]) -> str:
     if report["stray_files"]:
         lines.append(f"  files outside any class folder (ignored): {len(report['stray_files'])}")
     return "\n".join(lines)
-
-
-def iter_readable(infos: list[FileInfo]) -> Iterator[tuple[int, FileInfo]]:
-    """(position, info) of the files that decoded."""
-    return ((k, i) for k, i in enumerate(infos) if not i.error)
-
-
-def info_dicts(infos: list[FileInfo]) -> list[dict[str, Any]]:
-    """FileInfo records as JSON-ready dicts."""
-    return [asdict(i) for i in infos]

@@ -220,3 +220,19 @@ def test_make_batch_on_examples(tmp_path):
     assert "with_mask" in r.stdout and "pictures/s" in r.stdout
     assert {p.name for p in out.iterdir()} == {"manifest.jsonl", "manifest.csv", "summary.json"}
     assert json.loads((out / "summary.json").read_text())["errors"] == 0
+
+
+def test_threshold_labels_low_scores_uncertain(tmp_path, face_pictures, model_path):
+    folder = tmp_path / "in"
+    copy_pictures(face_pictures, folder)
+    plain, _ = _classify(folder, tmp_path / "plain", model_path, "--workers", "0")
+    assert all(r["label"] != "uncertain" for r in plain)
+    cut = sorted(r["score"] for r in plain)[len(plain) // 2]  # half the scores fall below it
+    strict, _ = _classify(folder, tmp_path / "strict", model_path, "--workers", "0",
+                          "--threshold", str(cut))
+    for a, b in zip(plain, strict, strict=True):
+        assert b["label"] == ("uncertain" if a["score"] < cut else a["label"])
+        assert b["probabilities"] == a["probabilities"]
+    assert any(r["label"] == "uncertain" for r in strict)
+    summary = json.loads((tmp_path / "strict" / "summary.json").read_text())
+    assert summary["labels"].get("uncertain", 0) == sum(r["label"] == "uncertain" for r in strict)
