@@ -49,6 +49,7 @@ def run_training(
     augment: bool = True,
     workers: int | None = None,
     widths: tuple[int, ...] | None = None,
+    label_smoothing: float = 0.0,
 ) -> dict[str, Any]:
     """Run the whole training job; returns the model card as a dict.
 
@@ -110,7 +111,7 @@ def run_training(
     from maskcore import cnn, export, plots
 
     cfg = cnn.TrainConfig(epochs=epochs, batch_size=batch_size, patience=patience,
-                          augment=augment, seed=seed)
+                          augment=augment, seed=seed, label_smoothing=label_smoothing)
     if widths:
         cfg = replace(cfg, widths=tuple(widths))
     gpus = cnn.setup_tensorflow(seed)
@@ -241,6 +242,8 @@ SHORT_HELP = "Train, evaluate and export a model to ONNX with its card."
               help="Flip, rotate, zoom, brightness and contrast on training batches.")
 @click.option("--workers", type=int, default=None,
               help="Processes that decode the dataset [default: all cores].")
+@click.option("--label-smoothing", default=0.0, show_default=True, type=click.FloatRange(0, 0.5),
+              help="Soften the one-hot targets by this much.")
 @click.option("--widths", default=None, callback=lambda ctx, p, v: _widths(v),
               help="Conv block widths, comma-separated [default: 32,64,128,256,256]; each "
                    "block but the last halves the side.")

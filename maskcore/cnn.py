@@ -40,6 +40,7 @@ class TrainConfig:
     # Conv block widths after the 16-wide stem; each block but the last halves the side.
     widths: tuple[int, ...] = (32, 64, 128, 256, 256)
     dropout: float = 0.3
+    label_smoothing: float = 0.0  # softened one-hot targets (0: plain cross-entropy)
     augment: bool = True
     seed: int = 0
 
@@ -129,11 +130,15 @@ def fit(
         warmup_target=cfg.learning_rate,
         warmup_steps=warmup,
     )
+    n_classes = int(model.output.shape[-1])
     model.compile(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
-        loss="sparse_categorical_crossentropy",
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=["accuracy"],
     )
+    # One-hot targets: label smoothing needs them (the sparse loss has no smoothing).
+    y_train = keras.utils.to_categorical(y_train, n_classes)
+    y_val = keras.utils.to_categorical(y_val, n_classes)
     train = tf.data.Dataset.from_tensor_slices((x_train, y_train))
     train = train.shuffle(len(x_train), seed=cfg.seed, reshuffle_each_iteration=True)
     train = train.batch(cfg.batch_size)

@@ -144,3 +144,16 @@ def test_bad_datasets_are_refused_clearly(tmp_path, case):
     assert code == 2, output
     assert needle in output
     assert "Traceback" not in output
+
+
+def test_imbalanced_dataset_gets_class_weights(tmp_path):
+    data = make_dataset(tmp_path / "data", ["with_mask", "without_mask"], 12, ["disc", "square"])
+    for i in range(12, 36):  # 36 against 12: balance ratio 0.33
+        seed = zlib.crc32(b"with_mask") % 97 + i
+        (data / "with_mask" / f"{i:03d}.png").write_bytes(encode(shape_picture("disc", seed)))
+    out = tmp_path / "model"
+    code, output = train(data, out)
+    assert code == 0, output
+    assert "class weights" in output
+    weights = ModelCard.read(out / "model.json").extra["training"]["class_weight"]
+    assert weights["1"] > weights["0"]  # the smaller class weighs more
