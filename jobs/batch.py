@@ -12,11 +12,11 @@ from typing import Any
 import click
 
 from maskcore.cli import ray_options_decorator, ray_options_from, run_command
-from maskcore.engine import Engine
 from maskcore.manifest import ManifestWriter
 from maskcore.pipeline import classify
 from maskcore.pool import default_workers
 from maskcore.progress import Progress
+from maskcore.ray_runner import RayOptions, classify_ray, driver_engine
 from maskcore.storage import LocalSource, S3Store, open_source
 
 __all__ = ["batch", "run_batch"]
@@ -53,13 +53,9 @@ def run_batch(
     source = open_source(input_spec)
     if isinstance(source, S3Store):
         source.check()
+    engine = driver_engine(model, device, runner)
     if runner == "ray":
-        from maskcore.ray_runner import RayOptions, classify_ray, require_ray
-
-        require_ray()  # before any work: without Ray this is a usage error
         ray_options = ray_options or RayOptions()
-    # With Ray the driver only reads the card; the actors run the model on ``device``.
-    engine = Engine(model, device="cpu" if runner == "ray" else device)  # type: ignore[arg-type]
     workers = default_workers() if workers is None else workers
     where = f"Ray actors ({device})" if runner == "ray" else \
         f"{engine.device} [{engine.provider}]"

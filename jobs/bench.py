@@ -188,8 +188,8 @@ def _table(rate: dict[str, float], secs: dict[str, float], n: int, stages: dict)
                 f">= {goal}x ({'met' if r >= goal else 'NOT met'})"
             lines.append(f"| ({a}) / ({b}) | {r:,.2f}x | {target} |")
     lines += ["", f"Stage times inside (c), {n} pictures: decode CPU summed over workers "
-              f"{stages['decode_cpu']:.2f}s, main process waiting for decoded chunks "
-              f"{stages['wait']:.2f}s, inference {stages['inference']:.2f}s, "
+              f"{stages['decode_cpu']:.2f}s, main process waiting for worker results "
+              f"{stages['wait']:.2f}s, inference summed over processes {stages['inference']:.2f}s, "
               f"manifest rows {stages['write']:.2f}s, {stages['batches']} batches."]
     return "\n".join(lines)
 

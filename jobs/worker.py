@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from maskcore.cli import ray_options_decorator, ray_options_from, run_command
-from maskcore.engine import Engine
+from maskcore.ray_runner import driver_engine
 from maskcore.worker import Worker, WorkerConfig, log_event, parse_shard
 
 __all__ = ["worker", "run_worker"]
@@ -20,12 +20,7 @@ __all__ = ["worker", "run_worker"]
 def run_worker(cfg: WorkerConfig, *, model: str | None, device: str,
                show_progress: bool = False) -> dict[str, Any]:
     """Build the engine and worker, install the signal handlers, run. Returns the summary."""
-    if cfg.runner == "ray":
-        from maskcore.ray_runner import require_ray
-
-        require_ray()
-    # With Ray the driver only reads the card; the actors run the model on ``device``.
-    engine = Engine(model, device="cpu" if cfg.runner == "ray" else device)  # type: ignore[arg-type]
+    engine = driver_engine(model, device, cfg.runner)
     w = Worker(cfg, engine, device=device)
 
     def on_signal(signum: int, frame: Any) -> None:

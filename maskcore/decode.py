@@ -16,15 +16,18 @@ from maskcore.errors import ImageDecodeError, StorageError
 from maskcore.preprocess import PreprocessSpec, load
 from maskcore.storage import Ref, Source
 
-__all__ = ["CHUNK", "Decoded", "decode_chunk"]
+__all__ = ["CHUNK", "DecodedRef", "decode_chunk"]
 
 #: Pictures per decode task: large enough that pickling and scheduling stay cheap.
 CHUNK = 16
 
 
 @dataclass(frozen=True)
-class Decoded:
-    """What a decode task learned about one ref (the pixels travel separately, stacked)."""
+class DecodedRef:
+    """What a decode task learned about one ref (the pixels travel separately, stacked).
+
+    Not :class:`maskcore.preprocess.Decoded`, which holds one picture's pixels.
+    """
 
     ref: Ref
     sha256: str = ""
@@ -36,29 +39,29 @@ class Decoded:
 
 def decode_chunk(
     source: Source, refs: list[Ref], spec: PreprocessSpec
-) -> tuple[list[Decoded], np.ndarray, float]:
+) -> tuple[list[DecodedRef], np.ndarray, float]:
     """Read and preprocess a few refs (runs in a worker process).
 
     Returns:
-        One :class:`Decoded` per ref, the stacked arrays of those that decoded, and the seconds
+        One :class:`DecodedRef` per ref, the stacked arrays of those that decoded, and the seconds
         this took.
     """
     t0 = time.perf_counter()
-    out: list[Decoded] = []
+    out: list[DecodedRef] = []
     arrays: list[np.ndarray] = []
     for ref in refs:
         try:
             data = source.read(ref)
         except StorageError as exc:
-            out.append(Decoded(ref, error=str(exc)))
+            out.append(DecodedRef(ref, error=str(exc)))
             continue
         digest = hashlib.sha256(data).hexdigest()
         try:
             d = load(data, spec)
         except ImageDecodeError as exc:
-            out.append(Decoded(ref, sha256=digest, error=str(exc)))
+            out.append(DecodedRef(ref, sha256=digest, error=str(exc)))
             continue
-        out.append(Decoded(ref, digest, d.width, d.height, row=len(arrays)))
+        out.append(DecodedRef(ref, digest, d.width, d.height, row=len(arrays)))
         arrays.append(d.array)
     h, w = spec.size
     stacked = np.stack(arrays) if arrays else np.empty((0, h, w, 3), np.float32)

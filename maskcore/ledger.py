@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from maskcore.manifest import Tally, rows_to_csv, rows_to_jsonl
-from maskcore.storage import READ_ERROR_PREFIX, S3Store
+from maskcore.storage import READ_ERROR_PREFIX, S3Store, parse_s3_url
 
 __all__ = ["ResultsStore"]
 
@@ -66,7 +66,7 @@ class ResultsStore:
 
     def _absorb(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:
-            key = row["source"].split("/", 3)[3]  # s3://bucket/KEY
+            key = parse_s3_url(row["source"]).prefix  # the object's key
             if not (row["status"] == "error" and row["error"].startswith(READ_ERROR_PREFIX)):
                 self._done.add((key, row.get("etag", "")))
             old = self._latest.get(row["source"])

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from maskcore.decode import CHUNK, Decoded, decode_chunk
+from maskcore.decode import CHUNK, DecodedRef, decode_chunk
 from maskcore.engine import Engine
 from maskcore.manifest import error_row, ok_row
 from maskcore.pool import default_workers, make_pool
@@ -63,7 +63,7 @@ def _load_worker_engine(model_path: str) -> None:
 
 
 def classify_chunk(source: Source, refs: list[Ref], spec: PreprocessSpec
-                   ) -> tuple[list[Decoded], np.ndarray, float, float]:
+                   ) -> tuple[list[DecodedRef], np.ndarray, float, float]:
     """Decode a batch and classify it with this process's engine (runs in a worker process).
 
     Returns:
@@ -115,7 +115,7 @@ def classify(
     times = StageTimes()
     rows_of = _RowMaker(engine, threshold, row_extra)
 
-    def deliver(decoded: list[Decoded], proba: np.ndarray) -> None:
+    def deliver(decoded: list[DecodedRef], proba: np.ndarray) -> None:
         t0 = time.perf_counter()
         rows = rows_of(decoded, proba)
         for row in rows:
@@ -138,13 +138,13 @@ def classify(
                 deliver(decoded, proba)
         return times
 
-    pending: deque[tuple[Decoded, np.ndarray | None]] = deque()
+    pending: deque[tuple[DecodedRef, np.ndarray | None]] = deque()
     n_ok = 0
 
     def flush(limit: int | None) -> None:
         """Classify up to ``limit`` decoded pictures (all if None) and deliver rows up to there."""
         nonlocal n_ok
-        take: list[Decoded] = []
+        take: list[DecodedRef] = []
         arrays: list[np.ndarray] = []
         # Error rows that follow the last picture of a full batch wait for the next one; at
         # the end (limit None) everything goes.
@@ -186,7 +186,7 @@ class _RowMaker:
         self.extra = row_extra or (lambda ref: {})
         self.common = {"model_id": engine.model_id, "preprocess_version": engine.spec.version}
 
-    def __call__(self, decoded: list[Decoded], proba: np.ndarray) -> list[dict[str, Any]]:
+    def __call__(self, decoded: list[DecodedRef], proba: np.ndarray) -> list[dict[str, Any]]:
         rows, k = [], 0
         for d in decoded:
             if d.row < 0:

@@ -32,7 +32,8 @@ from maskcore.preprocess import PreprocessSpec
 from maskcore.progress import Progress
 from maskcore.storage import Ref, Source
 
-__all__ = ["Classifier", "RayOptions", "classify_ray", "decode_batch", "require_ray"]
+__all__ = ["Classifier", "RayOptions", "classify_ray", "decode_batch", "driver_engine",
+           "require_ray"]
 
 INSTALL_HINT = "pip install 'maskcore[ray]' (make install does it)"
 
@@ -56,6 +57,21 @@ def require_ray() -> Any:
     except ImportError as exc:
         raise UsageError(f"--runner ray needs Ray, which is not installed: {INSTALL_HINT}") from exc
     return ray
+
+
+def driver_engine(model: str | None, device: str, runner: str) -> Any:
+    """The engine a job's driver opens: with Ray it only reads the card (on the CPU), since the
+    actors run the model on ``device``; without Ray it runs the model itself.
+
+    Raises:
+        UsageError: ``runner`` is ``ray`` and Ray is not installed (checked before any work).
+    """
+    from maskcore.engine import Engine
+
+    if runner == "ray":
+        require_ray()
+        return Engine(model, device="cpu")
+    return Engine(model, device=device)  # type: ignore[arg-type]
 
 
 def decode_batch(batch: dict[str, np.ndarray], source: Source, spec: PreprocessSpec

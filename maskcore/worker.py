@@ -23,7 +23,7 @@ from maskcore.errors import StorageError, UsageError
 from maskcore.ledger import ResultsStore
 from maskcore.pipeline import classify
 from maskcore.progress import Progress
-from maskcore.storage import Ref, S3Store
+from maskcore.storage import Ref, S3Store, parse_s3_url
 
 __all__ = ["Worker", "WorkerConfig", "log_event", "parse_shard"]
 
@@ -123,7 +123,7 @@ class Worker:
             t0 = time.monotonic()
             key = self.results.write_part(rows)
             for r in rows:
-                self._written.add((r["source"].split("/", 3)[3], r["etag"]))
+                self._written.add((parse_s3_url(r["source"]).prefix, r["etag"]))
             errors = sum(r["status"] == "error" for r in rows)
             written += len(rows)
             self.totals["pictures"] += len(rows)
