@@ -31,6 +31,7 @@ def run_batch(
     model: str | None = None,
     batch_size: int = 64,
     device: str = "auto",
+    precision: str = "auto",
     workers: int | None = None,
     formats: tuple[str, ...] = FORMATS,
     threshold: float = 0.5,
@@ -53,13 +54,13 @@ def run_batch(
     source = open_source(input_spec)
     if isinstance(source, S3Store):
         source.check()
-    engine = driver_engine(model, device, runner)
     if runner == "ray":
         ray_options = ray_options or RayOptions()
+    engine = driver_engine(model, device, runner, precision, ray_options)
     workers = default_workers() if workers is None else workers
     where = f"Ray actors ({device})" if runner == "ray" else \
         f"{engine.device} [{engine.provider}]"
-    click.echo(f"model {engine.model_id} ({engine.path}) on {where}", err=True)
+    click.echo(f"model {engine.model_id} ({engine.path}, {engine.precision}) on {where}", err=True)
     refs = list(source.list())
     skipped = source.hidden_skipped if isinstance(source, LocalSource) else 0
     click.echo(f"{len(refs):,} files under {source.describe()}"
@@ -69,7 +70,8 @@ def run_batch(
     cluster: dict[str, float] = {}
     if runner == "ray":
         times, cluster = classify_ray(refs, source, str(engine.path), engine.spec, writer.write,
-                                      device=device, batch_size=batch_size, threshold=threshold,
+                                      device=device, precision=engine.precision,
+                                      batch_size=batch_size, threshold=threshold,
                                       progress=bar, options=ray_options)
     else:
         times = classify(refs, source, engine, writer.write, batch_size=batch_size,
@@ -84,6 +86,7 @@ def run_batch(
         "stages": times.to_dict(),
         "model_id": engine.model_id,
         "model_path": str(engine.path),
+        "precision": engine.precision,
         "device": device if runner == "ray" else engine.device,
         "provider": "per Ray actor" if runner == "ray" else engine.provider,
         "batch_size": batch_size,
@@ -129,6 +132,10 @@ SHORT_HELP = "Classify a folder, a file or an s3:// prefix into a manifest."
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True,
               help="auto: CUDA when it really loads, else CPU. cuda: fail if CUDA is not in use.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "int8"]), default="auto",
+              envvar="MASKCORE_PRECISION", show_default=True,
+              help="auto: the model's int8 variant on CPU (when its card lists one), float32 on "
+                   "CUDA. Each has its own model id in the rows.")
 @click.option("--workers", type=click.IntRange(0, 256), default=None,
               help="Decode processes [default: all cores; 0 decodes in threads].")
 @click.option("--format", "formats", default="jsonl,csv", show_default=True,
@@ -141,7 +148,7 @@ SHORT_HELP = "Classify a folder, a file or an s3:// prefix into a manifest."
               help="A bar on a terminal, a log line every few seconds elsewhere.")
 @ray_options_decorator
 def batch(input_spec: str, out: Path, model: str | None, batch_size: int, device: str,
-          workers: int | None, formats: str, threshold: float, fail_on_error: bool,
+          precision: str, workers: int | None, formats: str, threshold: float, fail_on_error: bool,
           progress: bool, runner: str, **ray_args: Any) -> None:
     """Classify every picture under INPUT: a folder (recursive), one file, or s3://bucket/prefix/.
 
@@ -166,7 +173,7 @@ def batch(input_spec: str, out: Path, model: str | None, batch_size: int, device
 
     def _run() -> dict[str, Any]:
         return run_batch(input_spec, out, model=model, batch_size=batch_size, device=device,
-                         workers=workers, formats=chosen, threshold=threshold,
+                         precision=precision, workers=workers, formats=chosen, threshold=threshold,
                          show_progress=progress, runner=runner,
                          ray_options=ray_options_from(ray_args))
 

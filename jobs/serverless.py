@@ -57,7 +57,8 @@ def _engine() -> Engine:
     global _ENGINE
     if _ENGINE is None:
         _ENGINE = Engine(os.environ.get("MASKCORE_MODEL") or None,
-                         device=os.environ.get("MASKCORE_DEVICE", "auto"))  # type: ignore[arg-type]
+                         device=os.environ.get("MASKCORE_DEVICE", "auto"),  # type: ignore[arg-type]
+                         precision=os.environ.get("MASKCORE_PRECISION", "auto"))  # type: ignore[arg-type]
         LOADS["engine"] += 1
     return _ENGINE
 

@@ -24,7 +24,7 @@ from maskcore.card import ModelCard, file_sha256
 from maskcore.cli import run_command
 from maskcore.dataset import IMBALANCE_RATIO, audit, format_audit, inspect, scan
 from maskcore.errors import DatasetError, ModelError
-from maskcore.metrics import evaluate
+from maskcore.metrics import evaluate, summary_line
 from maskcore.preprocess import PreprocessSpec
 from maskcore.split import split_dataset
 
@@ -50,6 +50,7 @@ def run_training(
     workers: int | None = None,
     widths: tuple[int, ...] | None = None,
     label_smoothing: float = 0.0,
+    ema: float = 0.0,
 ) -> dict[str, Any]:
     """Run the whole training job; returns the model card as a dict.
 
@@ -111,7 +112,7 @@ def run_training(
     from maskcore import cnn, export, plots
 
     cfg = cnn.TrainConfig(epochs=epochs, batch_size=batch_size, patience=patience,
-                          augment=augment, seed=seed, label_smoothing=label_smoothing)
+                          augment=augment, seed=seed, label_smoothing=label_smoothing, ema=ema)
     if widths:
         cfg = replace(cfg, widths=tuple(widths))
     gpus = cnn.setup_tensorflow(seed)
@@ -126,7 +127,7 @@ def run_training(
 
     proba = cnn.predict(model, x_test)
     metrics = evaluate(y_test, proba, list(index.classes))
-    _log("test: " + plots.summary_line(metrics))
+    _log("test: " + summary_line(metrics))
 
     out.mkdir(parents=True, exist_ok=True)
     names = [infos[k].relpath for k in split.test]
@@ -142,6 +143,11 @@ def run_training(
     _log(f"parity on {parity['n']} test pictures: max abs diff {parity['max_abs_diff']:.2e}, "
          f"labels identical: {parity['labels_identical']}")
     cnn.save_for_inference(model, out / "model.keras")
+    int8 = None
+    if parity["passed"]:
+        from maskcore.quantize import make_int8_variant
+
+        int8 = make_int8_variant(onnx_path, x_train, x_test, y_test, list(index.classes), log=_log)
 
     fingerprint = hashlib.sha256("\n".join(sorted({i.sha256 for i in infos if i.sha256}))
                                  .encode()).hexdigest()
@@ -150,7 +156,7 @@ def run_training(
          "hashes": split.hashes}, indent=1) + "\n")
     (out / "audit.json").write_text(json.dumps(report, indent=2) + "\n")
     report_doc = {"test": metrics, "parity": parity, "history": history,
-                  "best_epoch": best_epoch, "class_weight": class_weight}
+                  "best_epoch": best_epoch, "class_weight": class_weight, "int8": int8}
     (out / "report.json").write_text(json.dumps(report_doc, indent=2) + "\n")
 
     card = ModelCard(
@@ -158,6 +164,7 @@ def run_training(
         preprocess=spec,
         onnx_file="model.onnx",
         onnx_sha256=file_sha256(onnx_path),
+        int8=int8 if int8 and int8["parity"]["passed"] else None,
         extra={
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "architecture": "maskcore_cnn: stride-2 stem, conv-BN-ReLU blocks "
@@ -244,6 +251,9 @@ SHORT_HELP = "Train, evaluate and export a model to ONNX with its card."
               help="Processes that decode the dataset [default: all cores].")
 @click.option("--label-smoothing", default=0.0, show_default=True, type=click.FloatRange(0, 0.5),
               help="Soften the one-hot targets by this much.")
+@click.option("--ema", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Keep an exponential moving average of the weights with this momentum "
+                   "(e.g. 0.998) and validate, stop and export with it (0: off).")
 @click.option("--widths", default=None, callback=lambda ctx, p, v: _widths(v),
               help="Conv block widths, comma-separated [default: 32,64,128,256,256]; each "
                    "block but the last halves the side.")
@@ -252,7 +262,8 @@ def train(data_dir: Path, out: Path, **options: Any) -> None:
 
     \b
     Writes into --out:
-      model.onnx, model.json (the model card), model.keras,
+      model.onnx, model.int8.onnx (kept when it agrees with model.onnx),
+      model.json (the model card), model.keras,
       report.json (test metrics, parity, history), audit.json, split.json,
       history.png, confusion.png, calibration.png, errors.png
     Fails (exit 2) if the dataset cannot be trained on or the ONNX parity check fails.

@@ -17,10 +17,10 @@ from maskcore.worker import Worker, WorkerConfig, log_event, parse_shard
 __all__ = ["worker", "run_worker"]
 
 
-def run_worker(cfg: WorkerConfig, *, model: str | None, device: str,
+def run_worker(cfg: WorkerConfig, *, model: str | None, device: str, precision: str = "auto",
                show_progress: bool = False) -> dict[str, Any]:
     """Build the engine and worker, install the signal handlers, run. Returns the summary."""
-    engine = driver_engine(model, device, cfg.runner)
+    engine = driver_engine(model, device, cfg.runner, precision, cfg.ray)
     w = Worker(cfg, engine, device=device)
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -56,7 +56,12 @@ SHORT_HELP = "Watch an S3 prefix and classify what lands (--once: one pass)."
 @click.option("--model", default=None, envvar="MASKCORE_MODEL", show_envvar=True,
               help="model.onnx with its model.json [default: the bundled model].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True, envvar="MASKCORE_DEVICE", show_envvar=True)
+              show_default=True, envvar="MASKCORE_DEVICE", show_envvar=True,
+              help="auto: CUDA when it really loads, else CPU. cuda: fail if CUDA is not in use.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "int8"]), default="auto",
+              show_default=True, envvar="MASKCORE_PRECISION", show_envvar=True,
+              help="auto: the int8 variant on CPU, float32 on CUDA. Each variant has its own "
+                   "model id, so pin one when CPU and GPU workers share a ledger.")
 @click.option("--reprocess", is_flag=True, envvar="MASKCORE_REPROCESS", show_envvar=True,
               help="Classify everything again, done or not (after a model change, say).")
 @click.option("--shard", default=None, envvar="MASKCORE_SHARD", show_envvar=True,
@@ -70,9 +75,9 @@ SHORT_HELP = "Watch an S3 prefix and classify what lands (--once: one pass)."
               help="Progress bar [default: only on a terminal].")
 @ray_options_decorator
 def worker(source: str, results: str, once: bool, poll_interval: float, batch_size: int,
-           max_wait: float, model: str | None, device: str, reprocess: bool, shard: str | None,
-           workers: int | None, consolidate_every: float, progress: bool | None, runner: str,
-           **ray_args: Any) -> None:
+           max_wait: float, model: str | None, device: str, precision: str, reprocess: bool,
+           shard: str | None, workers: int | None, consolidate_every: float,
+           progress: bool | None, runner: str, **ray_args: Any) -> None:
     """Classify the pictures that land under an S3 prefix, never losing or repeating one.
 
     \b
@@ -94,7 +99,8 @@ def worker(source: str, results: str, once: bool, poll_interval: float, batch_si
                            runner=runner,
                            ray=ray_options_from(ray_args) if runner == "ray" else None)
         show = sys.stderr.isatty() if progress is None else progress
-        return run_worker(cfg, model=model, device=device, show_progress=show)
+        return run_worker(cfg, model=model, device=device, precision=precision,
+                          show_progress=show)
 
     summary = run_command(_run)
     click.echo(f"{summary['total']:,} objects in {summary['results']}manifest.csv: "

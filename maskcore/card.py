@@ -4,6 +4,10 @@
 input and output tensors, the full preprocessing spec and version, and the ONNX file's sha256,
 whose first 12 hex digits are the model id that every manifest row carries. Inference reads all
 of this back from the card; nothing on the inference side repeats these constants.
+
+A card may also list an int8 variant (``model.int8.onnx``, quantized from ``model.onnx`` by the
+training job and checked against it): same input, output, classes and preprocessing, its own
+sha256 and so its own model id, since its probabilities differ in the second decimal.
 """
 
 from __future__ import annotations
@@ -49,11 +53,28 @@ class ModelCard:
     input_name: str = INPUT_NAME
     output_name: str = OUTPUT_NAME
     extra: dict[str, Any] = field(default_factory=dict)  # training facts: metrics, split, versions
+    # The int8 variant: {"onnx_file", "onnx_sha256", ...how it was made and checked}, or None.
+    int8: dict[str, Any] | None = None
 
     @property
     def model_id(self) -> str:
         """First 12 hex digits of the ONNX file's sha256."""
         return model_id_of(self.onnx_sha256)
+
+    def variant(self, precision: str) -> tuple[str, str]:
+        """``(file name, sha256)`` of the ``fp32`` model or its ``int8`` variant.
+
+        Raises:
+            ModelError: ``int8`` asked for, and the card lists no int8 variant.
+        """
+        if precision == "fp32":
+            return self.onnx_file, self.onnx_sha256
+        if precision == "int8":
+            if not self.int8:
+                raise ModelError("this model's card lists no int8 variant (model.int8.onnx); "
+                                 "use --precision fp32 or auto")
+            return str(self.int8["onnx_file"]), str(self.int8.get("onnx_sha256", ""))
+        raise ValueError(f"precision must be fp32 or int8, not {precision!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The card as JSON-ready values."""
@@ -67,6 +88,8 @@ class ModelCard:
             "output": {"name": self.output_name, "shape": ["batch", len(self.classes)],
                        "dtype": "float32", "meaning": "one probability per class, summing to 1"},
             "preprocess": self.preprocess.to_dict(),
+            **({"int8": {"model_id": model_id_of(self.int8.get("onnx_sha256", "")), **self.int8}}
+               if self.int8 else {}),
             **self.extra,
         }
 
@@ -94,7 +117,8 @@ class ModelCard:
             raise ModelError(f"model card not found: {path}") from exc
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot read model card {path}: {exc}") from exc
-        known = {"model_id", "onnx_file", "onnx_sha256", "classes", "input", "output", "preprocess"}
+        known = {"model_id", "onnx_file", "onnx_sha256", "classes", "input", "output", "preprocess",
+                 "int8"}
         try:
             spec = PreprocessSpec.from_dict(d["preprocess"])
             return cls(
@@ -105,8 +129,18 @@ class ModelCard:
                 input_name=str(d.get("input", {}).get("name", INPUT_NAME)),
                 output_name=str(d.get("output", {}).get("name", OUTPUT_NAME)),
                 extra={k: v for k, v in d.items() if k not in known},
+                int8=_int8_entry(d.get("int8")),
             )
         except ValueError as exc:
             raise ModelError(f"model card {path}: {exc}") from exc
         except (KeyError, TypeError, IndexError) as exc:
             raise ModelError(f"model card {path} is missing or has a malformed field: {exc}") from exc
+
+
+def _int8_entry(d: Any) -> dict[str, Any] | None:
+    """The card's int8 entry without its derived ``model_id``; None when absent."""
+    if not d:
+        return None
+    if not isinstance(d, dict) or not d.get("onnx_file"):
+        raise ValueError("the int8 entry needs an onnx_file")
+    return {k: v for k, v in d.items() if k != "model_id"}

@@ -20,6 +20,7 @@ __all__ = ["main", "run_command"]
 COMMANDS: dict[str, str] = {
     "audit": "jobs.audit:audit",
     "train": "jobs.train:train",
+    "quantize": "jobs.quantize:quantize",
     "batch": "jobs.batch:batch",
     "worker": "jobs.worker:worker",
 }
@@ -45,8 +46,9 @@ def main() -> None:
     """maskcore: does the person in each picture wear a face mask?
 
     \b
-    Train a model on a folder-per-class dataset (train, audit), then classify
-    folders and S3 prefixes in bulk (batch) or keep watching a bucket (worker).
+    Train a model on a folder-per-class dataset (audit, train, quantize), then
+    classify folders and S3 prefixes in bulk (batch) or keep watching a bucket
+    (worker).
     Every command has --help.
     """
 

@@ -4,6 +4,11 @@ Everything the engine needs to know about the model comes from its card (classes
 preprocessing spec and version), checked against the ONNX file's own metadata and sha256. CUDA is
 used only when its execution provider really loads: ``get_available_providers()`` lists CUDA in
 every onnxruntime-gpu install, GPU or not, so the engine asks the created session instead.
+
+Precision: where the card lists an int8 variant (``model.int8.onnx``), ``auto`` runs it on the
+CPU, where int8 convolutions (VNNI) are about 2.7 times faster than float32 for this model with
+the same test labels, and keeps float32 on CUDA. The two files have different model ids, so
+every row says which one produced it.
 """
 
 from __future__ import annotations
@@ -18,15 +23,16 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
-from maskcore.card import ModelCard, file_sha256
+from maskcore.card import ModelCard, file_sha256, model_id_of
 from maskcore.errors import ModelError, UsageError
 from maskcore.preprocess import PREPROCESS_VERSION, PreprocessSpec
 
-__all__ = ["DEFAULT_MODEL", "Device", "Engine", "resolve_model_path"]
+__all__ = ["DEFAULT_MODEL", "Device", "Engine", "Precision", "resolve_model_path"]
 
 log = logging.getLogger(__name__)
 
 Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "int8"]
 
 #: The bundled model, trained on the shared face-mask dataset (see docs/MODEL.md).
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "model.onnx"
@@ -65,15 +71,23 @@ class Engine:
 
     Args:
         model: path to ``model.onnx`` (its ``model.json`` card must sit beside it), a folder
-            holding both, or None for ``$MASKCORE_MODEL`` / the bundled model.
+            holding both, its int8 variant's file, or None for ``$MASKCORE_MODEL`` / the
+            bundled model.
         device: ``auto`` (CUDA if it really loads, else CPU), ``cpu``, or ``cuda`` (fail if
             CUDA cannot be used).
         threads: ONNX Runtime intra-op threads on CPU; None lets it use every core.
+        precision: ``auto`` (the int8 variant on CPU when the card lists one, float32
+            otherwise), ``fp32`` or ``int8``.
+
+    Attributes:
+        path: the ONNX file actually loaded.
+        device: ``cpu`` or ``cuda``, as the session really runs.
+        precision: ``fp32`` or ``int8``, the variant actually loaded.
 
     Raises:
         ModelError: missing or unreadable model or card, a card that does not match the file,
             or a preprocessing version this code does not implement.
-        UsageError: ``device="cuda"`` where the CUDA provider cannot be used.
+        UsageError: ``device="cuda"`` where the CUDA provider cannot be used, or a bad option.
     """
 
     def __init__(
@@ -82,19 +96,23 @@ class Engine:
         *,
         device: Device = "auto",
         threads: int | None = None,
+        precision: Precision = "auto",
     ) -> None:
         if device not in ("auto", "cpu", "cuda"):
             raise UsageError(f"device must be auto, cpu or cuda, not {device!r}")
-        self.path = resolve_model_path(model)
-        self.card = ModelCard.read(self.path)
-        actual = file_sha256(self.path)
-        if self.card.onnx_sha256 and self.card.onnx_sha256 != actual:
-            raise ModelError(
-                f"{self.path} does not match its card (sha256 {actual[:12]}, card says "
-                f"{self.card.onnx_sha256[:12]}): the card belongs to another model"
-            )
-        self.card.onnx_sha256 = actual
-        self.session, self.device = self._open(device, threads)
+        if precision not in ("auto", "fp32", "int8"):
+            raise UsageError(f"precision must be auto, fp32 or int8, not {precision!r}")
+        given = resolve_model_path(model)
+        self.card = ModelCard.read(given)
+        if self.card.int8 and given.name == self.card.int8["onnx_file"]:
+            # The variant's own file was named: that is the precision asked for.
+            if precision == "fp32":
+                raise UsageError(f"{given} is the int8 variant; for float32 use "
+                                 f"{given.with_name(self.card.onnx_file)}")
+            precision = "int8"
+        self._folder = given.parent
+        self._threads = threads
+        self.session, self.device, self.precision = self._open(device, precision)
         self.provider = self.session.get_providers()[0]
         self._check_metadata()
         self._check_io()
@@ -111,8 +129,8 @@ class Engine:
 
     @property
     def model_id(self) -> str:
-        """The first 12 hex digits of the ONNX file's sha256."""
-        return self.card.model_id
+        """The first 12 hex digits of the loaded ONNX file's sha256."""
+        return model_id_of(self.sha256)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities (N, classes) for a float32 batch (N, H, W, 3) from the shared preprocessing."""
@@ -123,15 +141,20 @@ class Engine:
 
     # --- set-up -----------------------------------------------------------------------------
 
-    def _open(self, device: Device, threads: int | None) -> tuple[ort.InferenceSession, str]:
+    def _open(self, device: Device, precision: Precision
+              ) -> tuple[ort.InferenceSession, str, str]:
+        """The session, where it runs and which variant it holds."""
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
+        if self._threads:
+            opts.intra_op_num_threads = self._threads
         if device in ("auto", "cuda") and _CUDA in ort.get_available_providers():
+            # On a GPU float32 is the fast path: auto keeps it there.
+            gpu_precision = "int8" if precision == "int8" else "fp32"
+            self._select(gpu_precision)
             session = self._try_cuda(opts) if _nvidia_device_present() else None
             if session is not None:
-                return session, "cuda"
+                return session, "cuda", gpu_precision
             if device == "cuda":
                 raise UsageError(
                     "--device cuda: the CUDA execution provider did not load (no GPU, or the "
@@ -144,10 +167,33 @@ class Engine:
                 "--device cuda: this onnxruntime build has no CUDA execution provider "
                 f"(it has {', '.join(ort.get_available_providers())}); install onnxruntime-gpu"
             )
+        if precision == "auto":
+            precision = "fp32"
+            if self.card.int8:
+                if (self._folder / self.card.int8["onnx_file"]).is_file():
+                    precision = "int8"
+                else:
+                    log.info("the card lists %s but it is not there; running float32",
+                             self.card.int8["onnx_file"])
+        self._select(precision)
         try:
-            return ort.InferenceSession(str(self.path), opts, providers=[_CPU]), "cpu"
+            return ort.InferenceSession(str(self.path), opts, providers=[_CPU]), "cpu", precision
         except Exception as exc:  # ONNX Runtime raises its own exception types
             raise ModelError(f"cannot load {self.path}: {exc}") from exc
+
+    def _select(self, precision: str) -> None:
+        """Point ``path`` and ``sha256`` at a variant's file, checked against the card."""
+        name, expected = self.card.variant(precision)
+        path = self._folder / name
+        if not path.is_file():
+            raise ModelError(f"model not found: {path}")
+        actual = file_sha256(path)
+        if expected and expected != actual:
+            raise ModelError(
+                f"{path} does not match its card (sha256 {actual[:12]}, card says "
+                f"{expected[:12]}): the card belongs to another model"
+            )
+        self.path, self.sha256 = path, actual
 
     def _try_cuda(self, opts: ort.SessionOptions) -> ort.InferenceSession | None:
         """A CUDA session, or None when the CUDA provider does not really load."""

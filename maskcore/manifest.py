@@ -58,13 +58,15 @@ def ok_row(
 ) -> dict[str, Any]:
     """The row of a classified picture. ``label`` is ``uncertain`` when the top score < threshold."""
     top = int(np.argmax(proba))
-    score = float(proba[top])
+    # The label is decided on the score as written, so a row never shows a score at or above
+    # the threshold next to "uncertain" (0.9999996 is written 1.0).
+    score = round(float(proba[top]), 6)
     row = {
         "source": source,
         **(extra or {}),
         "status": "ok",
         "label": classes[top] if score >= threshold else UNCERTAIN,
-        "score": round(score, 6),
+        "score": score,
         "probabilities": {c: round(float(p), 6) for c, p in zip(classes, proba, strict=True)},
         "error": "",
         "sha256": sha256,

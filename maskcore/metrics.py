@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["evaluate", "roc_auc", "expected_calibration_error"]
+__all__ = ["evaluate", "roc_auc", "expected_calibration_error", "summary_line"]
 
 
 def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
@@ -92,3 +92,11 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[
         out["roc_auc"] = float(np.nanmean(aucs))
         out["roc_auc_kind"] = "one-vs-rest macro"
     return out
+
+
+def summary_line(metrics: dict[str, Any]) -> str:
+    """One line of the headline figures."""
+    return (
+        f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
+        f"ROC AUC {metrics['roc_auc']:.4f}, ECE {metrics['ece']:.4f}, errors {metrics['errors']}"
+    )

@@ -57,9 +57,10 @@ class StageTimes:
 _WORKER_ENGINE: Engine | None = None
 
 
-def _load_worker_engine(model_path: str) -> None:
+def _load_worker_engine(model_path: str, precision: str) -> None:
     global _WORKER_ENGINE
-    _WORKER_ENGINE = Engine(model_path, device="cpu", threads=1)
+    _WORKER_ENGINE = Engine(model_path, device="cpu", threads=1,
+                            precision=precision)  # type: ignore[arg-type]
 
 
 def classify_chunk(source: Source, refs: list[Ref], spec: PreprocessSpec
@@ -128,7 +129,8 @@ def classify(
             on_batch(rows)
 
     if workers > 0 and engine.device == "cpu":
-        with make_pool(workers, _load_worker_engine, (str(engine.path),)) as pool:
+        with make_pool(workers, _load_worker_engine,
+                       (str(engine.path), engine.precision)) as pool:
             for decoded, proba, t_decode, t_infer in _in_order(
                     pool, classify_chunk, (source, engine.spec), _chunks(iter(refs), batch_size),
                     workers * 2, stop, times):

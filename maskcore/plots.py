@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -105,11 +104,3 @@ def plot_errors(
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
-
-
-def summary_line(metrics: dict[str, Any]) -> str:
-    """One line of the headline figures."""
-    return (
-        f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
-        f"ROC AUC {metrics['roc_auc']:.4f}, ECE {metrics['ece']:.4f}, errors {metrics['errors']}"
-    )

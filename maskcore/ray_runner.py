@@ -59,9 +59,14 @@ def require_ray() -> Any:
     return ray
 
 
-def driver_engine(model: str | None, device: str, runner: str) -> Any:
+def driver_engine(model: str | None, device: str, runner: str, precision: str = "auto",
+                  options: RayOptions | None = None) -> Any:
     """The engine a job's driver opens: with Ray it only reads the card (on the CPU), since the
     actors run the model on ``device``; without Ray it runs the model itself.
+
+    With Ray the driver settles the precision for the actors: ``auto`` is float32 when they get
+    GPUs (``--device cuda`` or ``--gpus-per-actor``), else what the CPU would run, so the model
+    id the driver reports (and the worker's ledger uses) is the one the actors run.
 
     Raises:
         UsageError: ``runner`` is ``ray`` and Ray is not installed (checked before any work).
@@ -70,8 +75,11 @@ def driver_engine(model: str | None, device: str, runner: str) -> Any:
 
     if runner == "ray":
         require_ray()
-        return Engine(model, device="cpu")
-    return Engine(model, device=device)  # type: ignore[arg-type]
+        on_gpu = device == "cuda" or (options is not None and options.gpus_per_actor > 0)
+        if precision == "auto" and on_gpu:
+            precision = "fp32"
+        return Engine(model, device="cpu", precision=precision)  # type: ignore[arg-type]
+    return Engine(model, device=device, precision=precision)  # type: ignore[arg-type]
 
 
 def decode_batch(batch: dict[str, np.ndarray], source: Source, spec: PreprocessSpec
@@ -107,10 +115,11 @@ def _decode_memory(spec: PreprocessSpec) -> int:
 class Classifier:
     """Ray actor: the shared engine, loaded once, turning decoded batches into rows (as JSON)."""
 
-    def __init__(self, model: str, device: str, threshold: float, with_etag: bool) -> None:
+    def __init__(self, model: str, device: str, precision: str, threshold: float,
+                 with_etag: bool) -> None:
         from maskcore.engine import Engine
 
-        self.engine = Engine(model, device=device)  # type: ignore[arg-type]
+        self.engine = Engine(model, device=device, precision=precision)  # type: ignore[arg-type]
         self.threshold = threshold
         self.with_etag = with_etag
 
@@ -173,6 +182,7 @@ def classify_ray(
     emit: Callable[[dict[str, Any]], None],
     *,
     device: str = "auto",
+    precision: str = "auto",
     batch_size: int = 64,
     threshold: float = 0.5,
     progress: Progress | None = None,
@@ -182,6 +192,9 @@ def classify_ray(
     options: RayOptions = RayOptions(),
 ) -> tuple[StageTimes, dict[str, float]]:
     """Classify ``refs`` on Ray; rows reach ``emit`` in input order, as in the local runner.
+
+    ``model`` and ``precision`` should be what the driver's engine settled on
+    (:func:`driver_engine`), so that every actor loads the same file.
 
     Returns:
         Stage times (the driver's view: waiting and writing) and the cluster's resources.
@@ -213,7 +226,8 @@ def classify_ray(
                             memory=_decode_memory(spec))
         ds = ds.map_batches(
             Classifier,
-            fn_constructor_kwargs={"model": model, "device": device, "threshold": threshold,
+            fn_constructor_kwargs={"model": model, "device": device, "precision": precision,
+                                   "threshold": threshold,
                                    "with_etag": with_etag},
             compute=ray.data.ActorPoolStrategy(size=options.inference_actors),
             batch_size=batch_size, batch_format="numpy",

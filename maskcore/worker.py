@@ -140,7 +140,8 @@ class Worker:
             from maskcore.ray_runner import RayOptions, classify_ray
 
             classify_ray(refs, self.source, str(self.engine.path), self.engine.spec,
-                         lambda row: None, device=self.device, batch_size=self.cfg.batch_size,
+                         lambda row: None, device=self.device, precision=self.engine.precision,
+                         batch_size=self.cfg.batch_size,
                          threshold=self.cfg.threshold, progress=progress, with_etag=True,
                          on_batch=on_batch, stop=self._stop.is_set,
                          options=self.cfg.ray or RayOptions())
@@ -162,7 +163,7 @@ class Worker:
         self.results.store.check()
         log_event("start", source=self.cfg.source, results=self.cfg.results,
                   model_id=self.engine.model_id, device=self.engine.device,
-                  once=self.cfg.once, runner=self.cfg.runner,
+                  precision=self.engine.precision, once=self.cfg.once, runner=self.cfg.runner,
                   shard=f"{self.cfg.shard[0]}/{self.cfg.shard[1]}")
         last_consolidated = time.monotonic()
         while not self.stopping:
@@ -211,7 +212,8 @@ class Worker:
         summary = self.results.consolidate({
             "source": self.cfg.source, "runner": self.cfg.runner,
             "device": self.device if self.cfg.runner == "ray" else self.engine.device,
-            "provider": self.engine.provider, "batch_size": self.cfg.batch_size,
+            "provider": self.engine.provider, "precision": self.engine.precision,
+            "batch_size": self.cfg.batch_size,
             "this_run": dict(self.totals),
         })
         log_event("consolidated", rows=summary["total"], errors=summary["errors"],

@@ -32,7 +32,7 @@ def test_inference_side_does_not_import_tensorflow():
     code = (
         "import importlib, sys\n"
         f"for m in {INFERENCE_MODULES!r}: importlib.import_module(m)\n"
-        "heavy = ('tensorflow', 'keras', 'tf2onnx', 'matplotlib', 'ray')\n"
+        "heavy = ('tensorflow', 'keras', 'tf2onnx', 'onnx', 'matplotlib', 'ray')\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
         "assert not bad, bad\n"
     )

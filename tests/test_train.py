@@ -109,6 +109,20 @@ def test_whole_job_on_a_small_dataset(two_class, tmp_path):
     proba = session.run(None, {"image": x})[0]
     assert proba.shape == (5, 2) and np.allclose(proba.sum(1), 1, atol=1e-5)
 
+    # The int8 variant was made and checked on the test split; the card lists it only if kept.
+    int8 = report["int8"]
+    assert int8["parity"]["n"] == extra["training_data"]["split_sizes"]["test"]
+    kept = int8["parity"]["passed"]
+    assert (out / "model.int8.onnx").is_file() == kept == (card.int8 is not None)
+    # `maskcore quantize` makes the same variant again from the model's split record.
+    (out / "model.int8.onnx").unlink(missing_ok=True)
+    r = CliRunner().invoke(main, ["quantize", str(out), "--data", str(two_class),
+                                  "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    again = json.loads((out / "report.json").read_text())["int8"]
+    assert again["onnx_sha256"] == int8["onnx_sha256"]
+    assert again["parity"] == int8["parity"]
+
 
 def test_three_classes_train_without_code_changes(tmp_path):
     data = make_dataset(tmp_path / "data", ["mask_weared_incorrect", "with_mask", "without_mask"],
@@ -121,6 +135,19 @@ def test_three_classes_train_without_code_changes(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert len(report["test"]["confusion"]["rows_true_cols_pred"]) == 3
     assert "roc_auc" in report["test"]
+
+
+def test_weight_averaging_is_validated_and_exported(tmp_path):
+    data = make_dataset(tmp_path / "data", ["with_mask", "without_mask"], 24, ["disc", "square"])
+    out = tmp_path / "model"
+    code, output = train(data, out, "--ema", "0.9")
+    assert code == 0, output
+    card = ModelCard.read(out / "model.json")
+    assert card.extra["training"]["config"]["ema"] == 0.9
+    # The exported weights are the averaged ones the parity check compared with Keras.
+    assert card.extra["parity"]["passed"]
+    code, output = train(data, tmp_path / "bad", "--ema", "1.5")
+    assert code == 2 and "--ema" in output
 
 
 @pytest.mark.parametrize("case", ["one_class", "empty_class", "only_junk_in_a_class", "no_folder"])

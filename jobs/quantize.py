@@ -1,0 +1,107 @@
+"""``maskcore quantize MODEL_DIR --data DATA_DIR``: add the int8 variant to a trained model.
+
+The training job makes the variant itself; this command does the same for a model trained before
+it did (the bundled model was given its variant this way). It needs the dataset the model was
+trained on: the model's ``split.json`` names, by content hash, the training pictures that
+calibrate the quantizer and the test pictures it is checked and scored on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from maskcore.card import CARD_NAME, ModelCard
+from maskcore.cli import run_command
+from maskcore.dataset import inspect, scan
+from maskcore.errors import DatasetError, ModelError
+
+__all__ = ["quantize", "run_quantize"]
+
+
+def _log(msg: str) -> None:
+    click.echo(f"[quantize] {msg}", err=True)
+
+
+def run_quantize(model_dir: Path, data_dir: Path, *, workers: int | None = None) -> dict[str, Any]:
+    """Write ``model.int8.onnx`` beside ``model.onnx`` and list it in the card; returns the entry.
+
+    Raises:
+        ModelError: no card or split record in ``model_dir``.
+        DatasetError: ``data_dir`` is not the dataset the model was trained on.
+    """
+    from maskcore.quantize import make_int8_variant
+
+    card = ModelCard.read(model_dir / CARD_NAME)
+    split_path = model_dir / "split.json"
+    try:
+        hashes = json.loads(split_path.read_text())["hashes"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot read the split record {split_path}: {exc}") from exc
+    index = scan(data_dir)
+    if list(index.classes) != card.classes:
+        raise DatasetError(f"{data_dir} has classes {list(index.classes)}, the model "
+                           f"{card.classes}: not the dataset it was trained on")
+    _log(f"reading and preprocessing {len(index.samples):,} files ...")
+    infos, arrays = inspect(index, spec=card.preprocess, workers=workers, keep_arrays=True)
+    # As the split was made: the first file of each content group stands for it, with the
+    # label most of its copies carry, in file order.
+    first: dict[str, int] = {}
+    votes: dict[str, Counter[int]] = defaultdict(Counter)
+    for k, info in enumerate(infos):
+        if k in arrays:
+            first.setdefault(info.sha256, k)
+            votes[info.sha256][info.label] += 1
+    picked: dict[str, list[int]] = {}
+    for part in ("train", "test"):
+        missing = [h for h in hashes[part] if h not in first]
+        if missing:
+            raise DatasetError(f"{len(missing)} of the {len(hashes[part])} {part} pictures "
+                               f"recorded in {split_path} are not in {data_dir}")
+        picked[part] = sorted(first[h] for h in hashes[part])
+    x_train = np.stack([arrays[k] for k in picked["train"]])
+    x_test = np.stack([arrays[k] for k in picked["test"]])
+    y_test = np.array([votes[infos[k].sha256].most_common(1)[0][0] for k in picked["test"]],
+                      dtype=np.int64)
+    arrays.clear()
+
+    entry = make_int8_variant(model_dir / card.onnx_file, x_train, x_test, y_test, card.classes,
+                              log=_log)
+    card.int8 = entry if entry["parity"]["passed"] else None
+    card.write(model_dir)
+    report = model_dir / "report.json"
+    if report.is_file():
+        doc = json.loads(report.read_text())
+        doc["int8"] = entry
+        report.write_text(json.dumps(doc, indent=2) + "\n")
+    return entry
+
+
+SHORT_HELP = "Add an int8 variant (fast on CPUs) to a trained model."
+
+
+@click.command(short_help=SHORT_HELP)
+@click.argument("model_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--data", "data_dir", required=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="The dataset the model was trained on (its split.json names the pictures).")
+@click.option("--workers", type=int, default=None,
+              help="Processes that decode the dataset [default: all cores].")
+def quantize(model_dir: Path, data_dir: Path, workers: int | None) -> None:
+    """Quantize MODEL_DIR/model.onnx to int8, check it against float32, list it in the card.
+
+    \b
+    Calibrates on up to 300 of the model's training pictures, then runs both models on
+    its test split: the variant is kept (MODEL_DIR/model.int8.onnx, listed in model.json)
+    only if their labels agree on at least 99.5% of the pictures. Its own test metrics
+    go into the card. `batch` and `worker` run it on CPUs by default (--precision).
+    """
+    entry = run_command(run_quantize, model_dir, data_dir, workers=workers)
+    verdict = "kept" if entry["parity"]["passed"] else "dropped"
+    click.echo(f"int8 variant {verdict}: agreement {entry['parity']['label_agreement']:.2%}, "
+               f"test accuracy {entry['metrics']['accuracy']:.4f}")
