@@ -104,12 +104,14 @@ class Engine:
             raise UsageError(f"precision must be auto, fp32 or int8, not {precision!r}")
         given = resolve_model_path(model)
         self.card = ModelCard.read(given)
+        # The float32 file is the one named (whatever its name), unless the int8 one was named.
+        self._fp32_file = given.name
         if self.card.int8 and given.name == self.card.int8["onnx_file"]:
-            # The variant's own file was named: that is the precision asked for.
             if precision == "fp32":
                 raise UsageError(f"{given} is the int8 variant; for float32 use "
                                  f"{given.with_name(self.card.onnx_file)}")
             precision = "int8"
+            self._fp32_file = self.card.onnx_file
         self._folder = given.parent
         self._threads = threads
         self.session, self.device, self.precision = self._open(device, precision)
@@ -184,7 +186,7 @@ class Engine:
     def _select(self, precision: str) -> None:
         """Point ``path`` and ``sha256`` at a variant's file, checked against the card."""
         name, expected = self.card.variant(precision)
-        path = self._folder / name
+        path = self._folder / (self._fp32_file if precision == "fp32" else name)
         if not path.is_file():
             raise ModelError(f"model not found: {path}")
         actual = file_sha256(path)

@@ -93,6 +93,10 @@ def test_precision_choices_and_their_errors(fp32_only, model_path, tmp_path):
     assert Engine(partial, device="cpu").precision == "fp32"
     with pytest.raises(ModelError, match="model not found"):
         Engine(partial, device="cpu", precision="int8")
+    # A float32 file under another name is the one loaded.
+    shutil.copyfile(model_path, partial / "renamed.onnx")
+    renamed = Engine(partial / "renamed.onnx", device="cpu", precision="fp32")
+    assert renamed.path.name == "renamed.onnx" and renamed.model_id == bundled.card.model_id
     # A variant file that is not the one the card names.
     shutil.copyfile(model_path, partial / INT8_FILE)
     with pytest.raises(ModelError, match="does not match its card"):
