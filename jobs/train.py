@@ -51,6 +51,7 @@ def run_training(
     widths: tuple[int, ...] | None = None,
     label_smoothing: float = 0.0,
     ema: float = 0.0,
+    mixup: float = 0.0,
 ) -> dict[str, Any]:
     """Run the whole training job; returns the model card as a dict.
 
@@ -112,7 +113,8 @@ def run_training(
     from maskcore import cnn, export, plots
 
     cfg = cnn.TrainConfig(epochs=epochs, batch_size=batch_size, patience=patience,
-                          augment=augment, seed=seed, label_smoothing=label_smoothing, ema=ema)
+                          augment=augment, seed=seed, label_smoothing=label_smoothing, ema=ema,
+                          mixup=mixup)
     if widths:
         cfg = replace(cfg, widths=tuple(widths))
     gpus = cnn.setup_tensorflow(seed)
@@ -254,6 +256,8 @@ SHORT_HELP = "Train, evaluate and export a model to ONNX with its card."
 @click.option("--ema", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="Keep an exponential moving average of the weights with this momentum "
                    "(e.g. 0.998) and validate, stop and export with it (0: off).")
+@click.option("--mixup", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="MixUp alpha: train on blends of two pictures and of their targets (0: off).")
 @click.option("--widths", default=None, callback=lambda ctx, p, v: _widths(v),
               help="Conv block widths, comma-separated [default: 32,64,128,256,256]; each "
                    "block but the last halves the side.")

@@ -137,13 +137,14 @@ def test_three_classes_train_without_code_changes(tmp_path):
     assert "roc_auc" in report["test"]
 
 
-def test_weight_averaging_is_validated_and_exported(tmp_path):
+def test_weight_averaging_and_mixup_train_and_export(tmp_path):
     data = make_dataset(tmp_path / "data", ["with_mask", "without_mask"], 24, ["disc", "square"])
     out = tmp_path / "model"
-    code, output = train(data, out, "--ema", "0.9")
+    code, output = train(data, out, "--ema", "0.9", "--mixup", "0.2")
     assert code == 0, output
     card = ModelCard.read(out / "model.json")
     assert card.extra["training"]["config"]["ema"] == 0.9
+    assert card.extra["training"]["config"]["mixup"] == 0.2
     # The exported weights are the averaged ones the parity check compared with Keras.
     assert card.extra["parity"]["passed"]
     code, output = train(data, tmp_path / "bad", "--ema", "1.5")
