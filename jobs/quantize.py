@@ -9,7 +9,6 @@ calibrate the quantizer and the test pictures it is checked and scored on.
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from maskcore.card import CARD_NAME, ModelCard
 from maskcore.cli import run_command
 from maskcore.dataset import inspect, scan
 from maskcore.errors import DatasetError, ModelError
+from maskcore.split import split_from_record
 
 __all__ = ["quantize", "run_quantize"]
 
@@ -49,25 +49,13 @@ def run_quantize(model_dir: Path, data_dir: Path, *, workers: int | None = None)
                            f"{card.classes}: not the dataset it was trained on")
     _log(f"reading and preprocessing {len(index.samples):,} files ...")
     infos, arrays = inspect(index, spec=card.preprocess, workers=workers, keep_arrays=True)
-    # As the split was made: the first file of each content group stands for it, with the
-    # label most of its copies carry, in file order.
-    first: dict[str, int] = {}
-    votes: dict[str, Counter[int]] = defaultdict(Counter)
-    for k, info in enumerate(infos):
-        if k in arrays:
-            first.setdefault(info.sha256, k)
-            votes[info.sha256][info.label] += 1
-    picked: dict[str, list[int]] = {}
-    for part in ("train", "test"):
-        missing = [h for h in hashes[part] if h not in first]
-        if missing:
-            raise DatasetError(f"{len(missing)} of the {len(hashes[part])} {part} pictures "
-                               f"recorded in {split_path} are not in {data_dir}")
-        picked[part] = sorted(first[h] for h in hashes[part])
-    x_train = np.stack([arrays[k] for k in picked["train"]])
-    x_test = np.stack([arrays[k] for k in picked["test"]])
-    y_test = np.array([votes[infos[k].sha256].most_common(1)[0][0] for k in picked["test"]],
-                      dtype=np.int64)
+    try:
+        split = split_from_record(infos, hashes)
+    except DatasetError as exc:
+        raise DatasetError(f"{exc} ({data_dir}; record {split_path})") from exc
+    x_train = np.stack([arrays[k] for k in split.train])
+    x_test = np.stack([arrays[k] for k in split.test])
+    y_test = np.array([split.labels[k] for k in split.test], dtype=np.int64)
     arrays.clear()
 
     entry = make_int8_variant(model_dir / card.onnx_file, x_train, x_test, y_test, card.classes,

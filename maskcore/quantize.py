@@ -2,7 +2,7 @@
 
 Static quantization (ONNX Runtime's ``quantize_static``) in QDQ form: weights int8 per output
 channel, activations uint8 with ranges calibrated on training pictures (never validation or
-test ones). On a CPU with VNNI the int8 convolutions run about 2.7 times faster than float32 for
+test ones). On a CPU with VNNI the int8 model runs about 2.3 times faster than float32 for
 the bundled model, which is what the batch job's CPU speed rests on; on a GPU the engine keeps
 float32. The variant is only kept when it agrees with the float32 model on the test split
 (:func:`compare`); its own test metrics go into the card beside the float32 ones.

@@ -13,8 +13,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from maskcore.dataset import FileInfo
+from maskcore.errors import DatasetError
 
-__all__ = ["Split", "split_dataset"]
+__all__ = ["Split", "split_dataset", "split_from_record"]
 
 
 @dataclass(frozen=True)
@@ -49,17 +50,10 @@ def split_dataset(
     """
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise ValueError("val and test must be shares in [0, 1) adding up to less than 1")
-    groups: dict[str, list[int]] = defaultdict(list)
-    for k, info in enumerate(infos):
-        if not info.error:
-            groups[info.sha256].append(k)
+    groups, group_label = _groups(infos)
     by_label: dict[int, list[str]] = defaultdict(list)
-    group_label: dict[str, int] = {}
     for digest in sorted(groups):
-        members = groups[digest]
-        label = Counter(infos[k].label for k in members).most_common(1)[0][0]
-        group_label[digest] = label
-        by_label[label].append(digest)
+        by_label[group_label[digest]].append(digest)
     rng = random.Random(seed)
     parts: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     for label in sorted(by_label):
@@ -70,6 +64,38 @@ def split_dataset(
         parts["test"] += digests[:n_test]
         parts["val"] += digests[n_test:n_test + n_val]
         parts["train"] += digests[n_test + n_val:]
+    return _split(groups, group_label, parts)
+
+
+def split_from_record(infos: list[FileInfo], hashes: dict[str, list[str]]) -> Split:
+    """The split a model was trained on, rebuilt from its record (``split.json``'s ``hashes``)
+    and a new pass over the same dataset.
+
+    Raises:
+        DatasetError: a recorded picture is not among the readable files of ``infos``.
+    """
+    groups, group_label = _groups(infos)
+    for name, digests in hashes.items():
+        missing = sum(d not in groups for d in digests)
+        if missing:
+            raise DatasetError(f"{missing} of the {len(digests)} {name} pictures of the recorded "
+                               "split are not in this dataset")
+    return _split(groups, group_label, {n: list(hashes.get(n, [])) for n in ("train", "val", "test")})
+
+
+def _groups(infos: list[FileInfo]) -> tuple[dict[str, list[int]], dict[str, int]]:
+    """Positions of the readable files per content hash, and each group's majority label."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for k, info in enumerate(infos):
+        if not info.error:
+            groups[info.sha256].append(k)
+    labels = {d: Counter(infos[k].label for k in members).most_common(1)[0][0]
+              for d, members in groups.items()}
+    return groups, labels
+
+
+def _split(groups: dict[str, list[int]], group_label: dict[str, int],
+           parts: dict[str, list[str]]) -> Split:
     rep = {d: min(groups[d]) for d in groups}  # the first file of a group stands for it
 
     def positions(name: str) -> list[int]:
