@@ -128,10 +128,12 @@ def test_three_classes_train_without_code_changes(tmp_path):
     data = make_dataset(tmp_path / "data", ["mask_weared_incorrect", "with_mask", "without_mask"],
                         24, ["bar", "disc", "square"])
     out = tmp_path / "model"
-    code, output = train(data, out)
+    # float32 arithmetic here; the other jobs run "auto" (bf16 on CPUs that have it)
+    code, output = train(data, out, "--compute", "fp32")
     assert code == 0, output
     card = ModelCard.read(out / "model.json")
     assert card.classes == ["mask_weared_incorrect", "with_mask", "without_mask"]
+    assert card.extra["training"]["config"]["compute"] == "fp32"
     report = json.loads((out / "report.json").read_text())
     assert len(report["test"]["confusion"]["rows_true_cols_pred"]) == 3
     assert "roc_auc" in report["test"]
