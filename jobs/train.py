@@ -122,7 +122,7 @@ def run_training(
     cfg = replace(cfg, compute=cnn.resolve_compute(compute, gpus))
     _log(f"TensorFlow sees {len(gpus)} GPU(s)" + (f": {gpus}" if gpus else "; training on CPU")
          + f"; {cfg.compute} arithmetic")
-    model = cnn.build_model(len(index.classes), spec.size, cfg, compute=cfg.compute)
+    model = cnn.build_model(len(index.classes), spec.size, cfg)
     flops = cnn.count_flops(model)
     _log(f"model: {model.count_params():,} parameters, {flops / 1e9:.3f} GFLOPs per picture")
     t_fit = time.monotonic()

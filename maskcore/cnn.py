@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,17 +93,19 @@ def resolve_compute(choice: str, gpus: list[str]) -> str:
     return "bf16" if not gpus and _cpu_has_bf16() else "fp32"
 
 
-def build_model(n_classes: int, size: tuple[int, int], cfg: TrainConfig,
-                compute: str = "fp32") -> keras.Model:
+def build_model(n_classes: int, size: tuple[int, int], cfg: TrainConfig) -> keras.Model:
     """The CNN: input ``image`` (N, H, W, 3) float32 in [0, 1] -> ``probabilities`` (N, classes).
 
-    ``compute`` ("fp32" or "bf16") sets the layers' arithmetic; weights, input and output are
-    float32 either way, so :func:`float32_copy` can carry the weights over unchanged.
+    ``cfg.compute`` ("fp32" or "bf16", as :func:`resolve_compute` settles it) sets the layers'
+    arithmetic; weights, input and output are float32 either way, so :func:`float32_copy` can
+    carry the weights over unchanged.
     """
     if n_classes < 2:
         raise ValueError("a classifier needs at least 2 classes")
     h, w = size
-    policy = keras.DTypePolicy(POLICIES[compute])
+    if cfg.compute not in POLICIES:
+        raise ValueError(f"settle compute={cfg.compute!r} with resolve_compute() first")
+    policy = keras.DTypePolicy(POLICIES[cfg.compute])
 
     def block(x: Any, filters: int, stride: int = 1) -> Any:
         x = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
@@ -130,7 +132,7 @@ def float32_copy(model: keras.Model, cfg: TrainConfig) -> keras.Model:
     exported and checked for parity after a bf16 training."""
     n_classes = int(model.output.shape[-1])
     size = (int(model.input.shape[1]), int(model.input.shape[2]))
-    clone = build_model(n_classes, size, cfg, compute="fp32")
+    clone = build_model(n_classes, size, replace(cfg, compute="fp32"))
     clone.set_weights(model.get_weights())
     return clone
 

@@ -52,8 +52,8 @@ def test_compute_choice():
 
 
 def test_bf16_model_has_a_float32_copy_with_the_same_weights():
-    cfg = cnn.TrainConfig(widths=(8, 16))
-    model = cnn.build_model(3, (32, 32), cfg, compute="bf16")
+    cfg = cnn.TrainConfig(widths=(8, 16), compute="bf16")
+    model = cnn.build_model(3, (32, 32), cfg)
     assert model.layers[1].compute_dtype == "bfloat16"
     assert all(w.dtype == np.float32 for w in model.get_weights())
     copy = cnn.float32_copy(model, cfg)
