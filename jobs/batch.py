@@ -11,12 +11,14 @@ from typing import Any
 
 import click
 
-from maskcore.cli import ray_options_decorator, ray_options_from, run_command
+from maskcore.cli import ray_options_decorator, ray_options_from, run_command, serving_options
+from maskcore.faces import FaceOptions, open_analyzer
 from maskcore.manifest import ManifestWriter
 from maskcore.pipeline import classify
 from maskcore.pool import default_workers
 from maskcore.progress import Progress
-from maskcore.ray_runner import RayOptions, classify_ray, driver_engine
+from maskcore.ray_runner import RayOptions, classify_ray
+from maskcore.settings import DEFAULTS
 from maskcore.storage import LocalSource, S3Store, open_source
 
 __all__ = ["batch", "run_batch"]
@@ -29,17 +31,18 @@ def run_batch(
     out: Path,
     *,
     model: str | None = None,
-    batch_size: int = 64,
-    device: str = "auto",
-    precision: str = "auto",
+    batch_size: int = DEFAULTS.batch_size,
+    device: str = DEFAULTS.device,
+    precision: str = DEFAULTS.precision,
+    faces: str = DEFAULTS.faces,
     workers: int | None = None,
     formats: tuple[str, ...] = FORMATS,
-    threshold: float = 0.5,
+    threshold: float = DEFAULTS.threshold,
     show_progress: bool = True,
     runner: str = "local",
     ray_options: Any = None,
 ) -> dict[str, Any]:
-    """Classify every file under ``input_spec`` and write the manifest and summary into ``out``.
+    """Classify every file under ``input_spec``; write the manifest, faces and summary into ``out``.
 
     Returns:
         The summary (as written to ``summary.json``).
@@ -56,11 +59,17 @@ def run_batch(
         source.check()
     if runner == "ray":
         ray_options = ray_options or RayOptions()
-    engine = driver_engine(model, device, runner, precision, ray_options)
+    analyzer = open_analyzer(model, device=device, precision=precision,
+                             faces=FaceOptions(mode=faces), runner=runner,
+                             actors_on_gpu=bool(ray_options and ray_options.gpus_per_actor > 0))
+    engine = analyzer.engine
     workers = default_workers() if workers is None else workers
     where = f"Ray actors ({device})" if runner == "ray" else \
         f"{engine.device} [{engine.provider}]"
     click.echo(f"model {engine.model_id} ({engine.path}, {engine.precision}) on {where}", err=True)
+    if analyzer.detector is not None:
+        click.echo(f"faces: detector {analyzer.detector_id} ({analyzer.detector.path.name}, "
+                   f"canvas {analyzer.detector.spec.canvas} px)", err=True)
     refs = list(source.list())
     skipped = source.hidden_skipped if isinstance(source, LocalSource) else 0
     click.echo(f"{len(refs):,} files under {source.describe()}"
@@ -69,12 +78,11 @@ def run_batch(
     bar = Progress(len(refs), "pictures", enabled=show_progress)
     cluster: dict[str, float] = {}
     if runner == "ray":
-        times, cluster = classify_ray(refs, source, str(engine.path), engine.spec, writer.write,
-                                      device=device, precision=engine.precision,
+        times, cluster = classify_ray(refs, source, analyzer, writer.write, device=device,
                                       batch_size=batch_size, threshold=threshold,
                                       progress=bar, options=ray_options)
     else:
-        times = classify(refs, source, engine, writer.write, batch_size=batch_size,
+        times = classify(refs, source, analyzer, writer.write, batch_size=batch_size,
                          workers=workers, threshold=threshold, progress=bar)
     bar.close()
     wall = time.monotonic() - t0
@@ -86,6 +94,8 @@ def run_batch(
         "stages": times.to_dict(),
         "model_id": engine.model_id,
         "model_path": str(engine.path),
+        "faces_mode": faces,
+        "detector_id": analyzer.detector_id,
         "precision": engine.precision,
         "device": device if runner == "ray" else engine.device,
         "provider": "per Ray actor" if runner == "ray" else engine.provider,
@@ -105,11 +115,19 @@ def run_batch(
 
 def format_summary(summary: dict[str, Any]) -> str:
     """The end-of-run table."""
-    lines = ["", f"  {'label':<16} {'pictures':>9}"]
-    for label, n in summary["labels"].items():
-        lines.append(f"  {label:<16} {n:>9,}")
-    lines.append(f"  {'errors':<16} {summary['errors']:>9,}")
-    lines.append(f"  {'total':<16} {summary['total']:>9,}")
+    face_labels = summary.get("face_labels", {})
+    with_faces = summary.get("faces_mode", "off") != "off"
+    lines = ["", f"  {'label':<22} {'pictures':>9}" + (f" {'faces':>9}" if with_faces else "")]
+    for label in sorted(set(summary["labels"]) | set(face_labels)):
+        n = summary["labels"].get(label, 0)
+        lines.append(f"  {label:<22} {n:>9,}"
+                     + (f" {face_labels.get(label, 0):>9,}" if with_faces else ""))
+    lines.append(f"  {'errors':<22} {summary['errors']:>9,}")
+    total_faces = f" {summary.get('faces', 0):>9,}" if with_faces else ""
+    lines.append(f"  {'total':<22} {summary['total']:>9,}{total_faces}")
+    if with_faces:
+        lines.append(f"  ({summary.get('pictures_without_faces', 0):,} pictures had no face found "
+                     "and were classified whole)")
     lines.append("")
     lines.append(f"  {summary['images_per_second']:,.0f} pictures/s over "
                  f"{summary['wall_seconds']:.1f}s on {summary['device']}; results in "
@@ -124,39 +142,27 @@ SHORT_HELP = "Classify a folder, a file or an s3:// prefix into a manifest."
 @click.argument("input_spec", metavar="INPUT")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for manifest.jsonl, manifest.csv and summary.json.")
-@click.option("--model", envvar="MASKCORE_MODEL", default=None,
-              help="model.onnx (its model.json beside it) or their folder "
-                   "[default: $MASKCORE_MODEL, else the bundled models/model.onnx].")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096),
-              help="Pictures per inference call.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True,
-              help="auto: CUDA when it really loads, else CPU. cuda: fail if CUDA is not in use.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "int8"]), default="auto",
-              envvar="MASKCORE_PRECISION", show_default=True,
-              help="auto: the model's int8 variant on CPU (when its card lists one), float32 on "
-                   "CUDA. Each has its own model id in the rows.")
-@click.option("--workers", type=click.IntRange(0, 256), default=None,
-              help="Decode processes [default: all cores; 0 decodes in threads].")
+@serving_options
 @click.option("--format", "formats", default="jsonl,csv", show_default=True,
               help="Manifest formats, comma-separated: jsonl, csv.")
-@click.option("--threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1),
-              help="Top probabilities below this are labelled 'uncertain'.")
 @click.option("--fail-on-error", is_flag=True,
               help="Exit 1 when any picture got an error row.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="A bar on a terminal, a log line every few seconds elsewhere.")
 @ray_options_decorator
 def batch(input_spec: str, out: Path, model: str | None, batch_size: int, device: str,
-          precision: str, workers: int | None, formats: str, threshold: float, fail_on_error: bool,
-          progress: bool, runner: str, **ray_args: Any) -> None:
+          precision: str, faces: str, workers: int | None, formats: str, threshold: float,
+          fail_on_error: bool, progress: bool, runner: str, **ray_args: Any) -> None:
     """Classify every picture under INPUT: a folder (recursive), one file, or s3://bucket/prefix/.
 
     \b
     Which files are pictures is decided by their content, not their names. Every
     non-hidden file gets exactly one row: status ok with a label and probabilities,
-    or status error with the reason. Writes OUT/manifest.jsonl, OUT/manifest.csv
-    and OUT/summary.json (each appears only once complete).
+    or status error with the reason. With --faces auto (the default) every face
+    found gets a row in OUT/faces.jsonl and faces.csv (its box, label, score), and
+    the picture's label is its most serious face (without_mask first). Writes
+    OUT/manifest.jsonl, manifest.csv, faces.jsonl, faces.csv and summary.json
+    (each appears only once complete; an earlier run's stay until then).
     S3 settings come from the standard AWS variables (AWS_ENDPOINT_URL for MinIO,
     Ceph or a local server).
 
@@ -173,7 +179,8 @@ def batch(input_spec: str, out: Path, model: str | None, batch_size: int, device
 
     def _run() -> dict[str, Any]:
         return run_batch(input_spec, out, model=model, batch_size=batch_size, device=device,
-                         precision=precision, workers=workers, formats=chosen, threshold=threshold,
+                         precision=precision, faces=faces, workers=workers, formats=chosen,
+                         threshold=threshold,
                          show_progress=progress, runner=runner,
                          ray_options=ray_options_from(ray_args))
 

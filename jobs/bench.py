@@ -30,7 +30,7 @@ import click
 import numpy as np
 
 from maskcore.dataset import scan
-from maskcore.decode import CHUNK, decode_chunk
+from maskcore.decode import CHUNK, decode_refs, stack_inputs
 from maskcore.engine import DEFAULT_MODEL, Engine
 from maskcore.pool import default_workers, make_pool
 from maskcore.storage import LocalSource, Ref
@@ -73,10 +73,24 @@ def bench_keras_batched(model: Any, paths: list[Path], size: tuple[int, int]) ->
 def bench_decode(pool: Executor, refs: list[Ref], engine: Engine) -> tuple[float, np.ndarray]:
     source = LocalSource("/")
     t0 = time.perf_counter()
-    futures = [pool.submit(decode_chunk, source, refs[i:i + CHUNK], engine.spec)
+    futures = [pool.submit(decode_refs, source, refs[i:i + CHUNK], engine.spec)
                for i in range(0, len(refs), CHUNK)]
-    arrays = [f.result()[1] for f in futures]
-    return time.perf_counter() - t0, np.concatenate(arrays)
+    arrays = [it.whole for f in futures for it in f.result()[0] if it.whole is not None]
+    return time.perf_counter() - t0, stack_inputs(arrays, engine.spec)
+
+
+def bench_detector(paths: list[Path], device: str, threads: int | None) -> tuple[float, int]:
+    """The face detector's network alone, batches of 16 canvases (decoding not counted)."""
+    from maskcore.detector import FaceDetector
+    from maskcore.preprocess import decode
+
+    det = FaceDetector(device=device, threads=threads)  # type: ignore[arg-type]
+    canvases = np.stack([det.prepare(decode(p.read_bytes()).image)[0] for p in paths])
+    det.run(canvases[:16])  # warm-up
+    t0 = time.perf_counter()
+    for i in range(0, len(canvases), 16):
+        det.run(canvases[i:i + 16])
+    return time.perf_counter() - t0, len(canvases)
 
 
 def bench_onnx(engine: Engine, x: np.ndarray, batch: int = 64) -> float:
@@ -98,10 +112,13 @@ def bench_onnx(engine: Engine, x: np.ndarray, batch: int = 64) -> float:
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--precision", default="auto", type=click.Choice(["auto", "fp32", "int8"]),
               help="Which variant (c), (e) and (f) run [default: as the batch job would].")
+@click.option("--scenes", default="../shared/datasets/face-mask-scenes/images", show_default=True,
+              type=click.Path(path_type=Path),
+              help="Street pictures for the face stage's figures (skipped when absent).")
 @click.option("--write", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the results into this Markdown file (docs/BENCHMARKS.md).")
 def bench(data: Path, model: str, limit: int, workers: int | None, device: str, precision: str,
-          write: Path | None) -> None:
+          scenes: Path, write: Path | None) -> None:
     """Measure (a)-(e) on the same pictures and print the ratios."""
     from jobs.batch import run_batch
 
@@ -115,6 +132,7 @@ def bench(data: Path, model: str, limit: int, workers: int | None, device: str, 
     keras_path = Path(engine.path).with_name("model.keras")
     results: dict[str, float] = {}
     n = len(paths)
+    counts: dict[str, int] = {}  # pictures a stage ran on, where not the n close-ups
     click.echo(f"{n} pictures from {data}; model {engine.model_id} ({engine.precision}) on "
                f"{engine.device}; "
                f"{workers} decode workers", err=True)
@@ -125,14 +143,28 @@ def bench(data: Path, model: str, limit: int, workers: int | None, device: str, 
         for i, p in enumerate(paths):
             (tmp / "in").mkdir(exist_ok=True)
             os.symlink(p, tmp / "in" / f"{i:05d}{p.suffix}")
+        # (c) is the whole-picture job, as before the face stage: close-ups need no detector.
         summary = run_batch(str(tmp / "in"), tmp / "out", model=model, device=device,
-                            precision=engine.precision, workers=workers, show_progress=False)
+                            precision=engine.precision, faces="off", workers=workers,
+                            show_progress=False)
         results["c"] = summary["wall_seconds"]
         stages = summary["stages"]
+        summary = run_batch(str(tmp / "in"), tmp / "out_faces", model=model, device=device,
+                            precision=engine.precision, faces="auto", workers=workers,
+                            show_progress=False)
+        results["cf"] = summary["wall_seconds"]
+        if scenes.is_dir():
+            street = run_batch(str(scenes), tmp / "out_scenes", model=model, device=device,
+                               precision=engine.precision, faces="auto", workers=workers,
+                               show_progress=False)
+            results["g"] = street["wall_seconds"]
+            counts["g"] = street["total"]
+            results["h"], counts["h"] = bench_detector(sorted(scenes.iterdir()), device, None)
+            results["h1"], counts["h1"] = bench_detector(sorted(scenes.iterdir()), device, 1)
 
         if _has("ray"):
             ray_summary = run_batch(str(tmp / "in"), tmp / "out_ray", model=model, device=device,
-                                    precision=engine.precision, workers=workers,
+                                    precision=engine.precision, faces="off", workers=workers,
                                     show_progress=False, runner="ray")
             results["f"] = ray_summary["wall_seconds"]
     finally:
@@ -164,7 +196,7 @@ def bench(data: Path, model: str, limit: int, workers: int | None, device: str, 
     else:
         click.echo(f"no {keras_path}: skipping (a) and (b)", err=True)
 
-    rate = {k: n / v for k, v in results.items()}
+    rate = {k: counts.get(k, n) / v for k, v in results.items()}
     table = _table(rate, results, n, stages)
     click.echo(table)
     if write:
@@ -176,7 +208,11 @@ def _table(rate: dict[str, float], secs: dict[str, float], n: int, stages: dict)
     names = {
         "a": "(a) seeds: Keras, one picture per predict",
         "b": "(b) Keras batched (predict, batch 64)",
-        "c": "(c) maskcore batch, end to end",
+        "c": "(c) maskcore batch --faces off, end to end",
+        "cf": "(c') maskcore batch --faces auto (the default), end to end",
+        "g": "(g) maskcore batch --faces auto on the street pictures (691), end to end",
+        "h": "(h) face detector network alone, street pictures, canvas 640, all cores",
+        "h1": "face detector network alone, 1 thread",
         "d": "(d) decode + preprocess alone",
         "e": "(e) ONNX Runtime inference alone",
         "f": "(f) maskcore batch --runner ray (in-process Ray, same machine)",
@@ -185,7 +221,8 @@ def _table(rate: dict[str, float], secs: dict[str, float], n: int, stages: dict)
         "e1f": "ONNX Runtime inference, 1 thread, float32 (for comparison)",
     }
     lines = ["| stage | seconds | pictures/s |", "| --- | ---: | ---: |"]
-    for k in ("a", "b", "c", "d", "e", "f", "d1", "e1", "e1f"):
+    goal_g = rate.get("g")
+    for k in ("a", "b", "c", "cf", "d", "e", "f", "g", "h", "d1", "e1", "e1f", "h1"):
         if k in rate:
             lines.append(f"| {names[k]} | {secs[k]:.2f} | {rate[k]:,.0f} |")
     lines += ["", "| ratio | measured | goal |", "| --- | ---: | ---: |"]
@@ -195,6 +232,9 @@ def _table(rate: dict[str, float], secs: dict[str, float], n: int, stages: dict)
             target = "(none: a comparison)" if goal is None else \
                 f">= {goal}x ({'met' if r >= goal else 'NOT met'})"
             lines.append(f"| ({a}) / ({b}) | {r:,.2f}x | {target} |")
+    if goal_g is not None:
+        lines.append(f"| (g) street pictures a second | {goal_g:,.1f} | >= 80 "
+                     f"({'met' if goal_g >= 80 else 'NOT met'}) |")
     lines += ["", f"Stage times inside (c), {n} pictures: decode CPU summed over workers "
               f"{stages['decode_cpu']:.2f}s, main process waiting for worker results "
               f"{stages['wait']:.2f}s, inference summed over processes {stages['inference']:.2f}s, "

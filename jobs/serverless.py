@@ -27,16 +27,17 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
-from maskcore.engine import Engine
 from maskcore.errors import UsageError
+from maskcore.faces import Analyzer, FaceOptions, open_analyzer, results_id
 from maskcore.ledger import ResultsStore
 from maskcore.pipeline import classify
+from maskcore.settings import from_env
 from maskcore.storage import READ_ERROR_PREFIX, Ref, S3Store, parse_s3_url
 from maskcore.worker import Worker, WorkerConfig, log_event
 
 __all__ = ["handler"]
 
-_ENGINE: Engine | None = None
+_ENGINE: Analyzer | None = None
 _RESULTS: ResultsStore | None = None
 _LAST_CONSOLIDATED = 0.0
 LOADS = {"engine": 0}  # how many times this container loaded the model (tests read it)
@@ -53,23 +54,25 @@ class _Object:
     message_id: str | None  # the SQS message that named it
 
 
-def _engine() -> Engine:
+def _engine() -> Analyzer:
+    """The models, loaded once per container from the MASKCORE_* settings."""
     global _ENGINE
     if _ENGINE is None:
-        _ENGINE = Engine(os.environ.get("MASKCORE_MODEL") or None,
-                         device=os.environ.get("MASKCORE_DEVICE", "auto"),  # type: ignore[arg-type]
-                         precision=os.environ.get("MASKCORE_PRECISION", "auto"))  # type: ignore[arg-type]
+        settings = from_env()
+        _ENGINE = open_analyzer(settings.model, device=settings.device,
+                                precision=settings.precision,
+                                faces=FaceOptions(mode=settings.faces))
         LOADS["engine"] += 1
     return _ENGINE
 
 
-def _results(engine: Engine) -> ResultsStore:
+def _results(analyzer: Analyzer) -> ResultsStore:
     global _RESULTS
     url = os.environ.get("MASKCORE_RESULTS")
     if not url:
         raise UsageError("MASKCORE_RESULTS is not set (the s3:// prefix for results)")
     if _RESULTS is None or _RESULTS.store.location != parse_s3_url(url):
-        _RESULTS = ResultsStore(S3Store(url), engine.model_id, engine.classes)
+        _RESULTS = ResultsStore(S3Store(url), results_id(analyzer), analyzer.engine.classes)
     return _RESULTS
 
 
@@ -84,7 +87,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     objects = [o for o in objects
                if not (o.bucket == own.bucket and o.key.startswith(own.prefix))]
     results.refresh()
-    todo = [o for o in objects if not (o.etag and results.is_done(o.key, o.etag))]
+    todo = [o for o in objects
+            if not (o.etag and results.is_done(f"s3://{o.bucket}/{o.key}", o.etag))]
     rows = _classify(engine, todo)
     if rows:
         results.write_part(rows)
@@ -102,7 +106,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
             "errors": sum(r["status"] == "error" for r in rows)}
 
 
-def _classify(engine: Engine, objects: list[_Object]) -> list[dict[str, Any]]:
+def _classify(engine: Analyzer, objects: list[_Object]) -> list[dict[str, Any]]:
     """One batch through the shared pipeline, per source bucket (threads: no /dev/shm on Lambda)."""
     rows: list[dict[str, Any]] = []
     per_bucket: dict[str, list[_Object]] = defaultdict(list)
@@ -112,7 +116,7 @@ def _classify(engine: Engine, objects: list[_Object]) -> list[dict[str, Any]]:
         source = S3Store(f"s3://{bucket}/")
         refs = sorted(Ref(source=f"s3://{bucket}/{o.key}", key=o.key, etag=o.etag) for o in objs)
         classify(refs, source, engine, rows.append, batch_size=max(len(refs), 1), workers=0,
-                 row_extra=lambda ref: {"etag": ref.etag})
+                 threshold=from_env().threshold, row_extra=lambda ref: {"etag": ref.etag})
     return rows
 
 
@@ -129,12 +133,13 @@ def _maybe_consolidate(results: ResultsStore, force: bool = False) -> None:
         _LAST_CONSOLIDATED = time.monotonic()
 
 
-def _nightly(engine: Engine) -> dict[str, Any]:
+def _nightly(engine: Analyzer) -> dict[str, Any]:
     source = os.environ.get("MASKCORE_SOURCE")
     if not source:
         raise UsageError("a scheduled run needs MASKCORE_SOURCE (the s3:// prefix to classify)")
+    settings = from_env()
     cfg = WorkerConfig(source=source, results=os.environ["MASKCORE_RESULTS"], once=True,
-                       workers=0, batch_size=int(os.environ.get("MASKCORE_BATCH_SIZE", "64")))
+                       workers=0, batch_size=settings.batch_size, threshold=settings.threshold)
     summary = Worker(cfg, engine).run()
     return {"classified": summary["this_run"]["pictures"], "total": summary["total"],
             "errors": summary["errors"]}

@@ -10,18 +10,22 @@ from typing import Any
 
 import click
 
-from maskcore.cli import ray_options_decorator, ray_options_from, run_command
-from maskcore.ray_runner import driver_engine
+from maskcore.cli import ray_options_decorator, ray_options_from, run_command, serving_options
+from maskcore.faces import FaceOptions, open_analyzer
+from maskcore.settings import DEFAULTS
 from maskcore.worker import Worker, WorkerConfig, log_event, parse_shard
 
 __all__ = ["worker", "run_worker"]
 
 
-def run_worker(cfg: WorkerConfig, *, model: str | None, device: str, precision: str = "auto",
+def run_worker(cfg: WorkerConfig, *, model: str | None, device: str,
+               precision: str = DEFAULTS.precision, faces: str = DEFAULTS.faces,
                show_progress: bool = False) -> dict[str, Any]:
-    """Build the engine and worker, install the signal handlers, run. Returns the summary."""
-    engine = driver_engine(model, device, cfg.runner, precision, cfg.ray)
-    w = Worker(cfg, engine, device=device)
+    """Build the analyzer and worker, install the signal handlers, run. Returns the summary."""
+    analyzer = open_analyzer(model, device=device, precision=precision,
+                             faces=FaceOptions(mode=faces), runner=cfg.runner,
+                             actors_on_gpu=bool(cfg.ray and cfg.ray.gpus_per_actor > 0))
+    w = Worker(cfg, analyzer, device=device)
 
     def on_signal(signum: int, frame: Any) -> None:
         if w.stopping:  # the second signal: no more waiting
@@ -48,42 +52,31 @@ SHORT_HELP = "Watch an S3 prefix and classify what lands (--once: one pass)."
               help="One pass over everything not yet done, consolidate, exit (the nightly run).")
 @click.option("--poll-interval", default=10.0, show_default=True, envvar="MASKCORE_POLL_INTERVAL",
               show_envvar=True, type=click.FloatRange(0.1), help="Seconds between listings.")
-@click.option("--batch-size", default=64, show_default=True, envvar="MASKCORE_BATCH_SIZE",
-              show_envvar=True, type=click.IntRange(1, 4096), help="Pictures per batch and part.")
 @click.option("--max-wait", default=2.0, show_default=True, envvar="MASKCORE_MAX_WAIT",
               show_envvar=True, type=click.FloatRange(0),
               help="Seconds a partial batch waits for more pictures before it is sent.")
-@click.option("--model", default=None, envvar="MASKCORE_MODEL", show_envvar=True,
-              help="model.onnx with its model.json [default: the bundled model].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True, envvar="MASKCORE_DEVICE", show_envvar=True,
-              help="auto: CUDA when it really loads, else CPU. cuda: fail if CUDA is not in use.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "int8"]), default="auto",
-              show_default=True, envvar="MASKCORE_PRECISION", show_envvar=True,
-              help="auto: the int8 variant on CPU, float32 on CUDA. Each variant has its own "
-                   "model id, so pin one when CPU and GPU workers share a ledger.")
 @click.option("--reprocess", is_flag=True, envvar="MASKCORE_REPROCESS", show_envvar=True,
               help="Classify everything again, done or not (after a model change, say).")
 @click.option("--shard", default=None, envvar="MASKCORE_SHARD", show_envvar=True,
               help="I/N: take only the keys whose hash falls in shard I of N (run N workers).")
-@click.option("--workers", type=click.IntRange(0, 256), default=None, envvar="MASKCORE_WORKERS",
-              show_envvar=True, help="Decode processes [default: all cores].")
 @click.option("--consolidate-every", default=300.0, show_default=True,
               envvar="MASKCORE_CONSOLIDATE_EVERY", show_envvar=True, type=click.FloatRange(1),
               help="Seconds between refreshes of the consolidated manifest when watching.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar [default: only on a terminal].")
+@serving_options
 @ray_options_decorator
-def worker(source: str, results: str, once: bool, poll_interval: float, batch_size: int,
-           max_wait: float, model: str | None, device: str, precision: str, reprocess: bool,
-           shard: str | None, workers: int | None, consolidate_every: float,
-           progress: bool | None, runner: str, **ray_args: Any) -> None:
+def worker(source: str, results: str, once: bool, poll_interval: float, max_wait: float,
+           reprocess: bool, shard: str | None, consolidate_every: float, progress: bool | None,
+           model: str | None, device: str, precision: str, faces: str, batch_size: int,
+           workers: int | None, threshold: float, runner: str, **ray_args: Any) -> None:
     """Classify the pictures that land under an S3 prefix, never losing or repeating one.
 
     \b
     What is done lives in the bucket (result parts under RESULTS/parts/<model id>/),
     so a restarted or replacement worker carries on where the last one stopped.
-    Results: RESULTS/manifest.jsonl, manifest.csv and summary.json, one row per object.
+    Results: RESULTS/manifest.jsonl, manifest.csv and summary.json, one row per object,
+    and RESULTS/faces.jsonl and faces.csv, one row per face (--faces auto).
     SIGTERM or Ctrl-C: finish and write the batch in hand, then exit 0; a second
     signal exits at once. S3 settings come from the standard AWS variables
     (AWS_ENDPOINT_URL for MinIO, Ceph or a local server). With --once, --runner ray
@@ -96,10 +89,10 @@ def worker(source: str, results: str, once: bool, poll_interval: float, batch_si
                            poll_interval=poll_interval, batch_size=batch_size,
                            max_wait=max_wait, reprocess=reprocess, shard=parse_shard(shard),
                            workers=workers, consolidate_every=consolidate_every,
-                           runner=runner,
+                           threshold=threshold, runner=runner,
                            ray=ray_options_from(ray_args) if runner == "ray" else None)
         show = sys.stderr.isatty() if progress is None else progress
-        return run_worker(cfg, model=model, device=device, precision=precision,
+        return run_worker(cfg, model=model, device=device, precision=precision, faces=faces,
                           show_progress=show)
 
     summary = run_command(_run)

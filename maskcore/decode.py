@@ -1,7 +1,9 @@
-"""The decode task that runs in worker processes: read, hash and preprocess a chunk of refs.
+"""The decode task that runs in worker processes: read, hash and decode a chunk of refs.
 
 It lives apart from the pipeline so that a decode process imports only Pillow, NumPy and the
-storage code, not ONNX Runtime.
+storage code, not ONNX Runtime. What it keeps of each picture depends on the face stage: with it,
+the upright RGB picture (for the detector and the crops); without it, only the whole picture's
+model input, decoded no larger than the model needs.
 """
 
 from __future__ import annotations
@@ -13,56 +15,69 @@ from dataclasses import dataclass
 import numpy as np
 
 from maskcore.errors import ImageDecodeError, StorageError
-from maskcore.preprocess import PreprocessSpec, load
+from maskcore.preprocess import Picture, PreprocessSpec, decode, load
 from maskcore.storage import Ref, Source
 
-__all__ = ["CHUNK", "DecodedRef", "decode_chunk"]
+__all__ = ["CHUNK", "DecodedItem", "decode_refs"]
 
 #: Pictures per decode task: large enough that pickling and scheduling stay cheap.
 CHUNK = 16
 
 
 @dataclass(frozen=True)
-class DecodedRef:
-    """What a decode task learned about one ref (the pixels travel separately, stacked).
-
-    Not :class:`maskcore.preprocess.Decoded`, which holds one picture's pixels.
-    """
+class DecodedItem:
+    """What a decode task learned about one ref: an error, or its pixels in one of two forms."""
 
     ref: Ref
     sha256: str = ""
     width: int = 0
     height: int = 0
     error: str = ""
-    row: int = -1  # index into the chunk's stacked array; -1 for an error
+    whole: np.ndarray | None = None  # the whole picture as model input (no face stage)
+    picture: Picture | None = None  # the upright picture (face stage)
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
 
 
-def decode_chunk(
-    source: Source, refs: list[Ref], spec: PreprocessSpec
-) -> tuple[list[DecodedRef], np.ndarray, float]:
-    """Read and preprocess a few refs (runs in a worker process).
+def decode_refs(source: Source, refs: list[Ref], spec: PreprocessSpec,
+                picture_side: int | None = None) -> tuple[list[DecodedItem], float]:
+    """Read and decode a few refs (runs in a worker process).
+
+    Args:
+        source: reads each ref's bytes.
+        refs: what to decode.
+        spec: the classifier's preprocessing.
+        picture_side: keep the upright picture, decoded at least this large on both sides
+            (JPEG may shrink by 1/2, 1/4, 1/8 down to it), for the face stage; None keeps only
+            the whole picture's model input.
 
     Returns:
-        One :class:`DecodedRef` per ref, the stacked arrays of those that decoded, and the seconds
-        this took.
+        One :class:`DecodedItem` per ref, in order, and the seconds this took.
     """
     t0 = time.perf_counter()
-    out: list[DecodedRef] = []
-    arrays: list[np.ndarray] = []
+    out: list[DecodedItem] = []
     for ref in refs:
         try:
             data = source.read(ref)
         except StorageError as exc:
-            out.append(DecodedRef(ref, error=str(exc)))
+            out.append(DecodedItem(ref, error=str(exc)))
             continue
         digest = hashlib.sha256(data).hexdigest()
         try:
-            d = load(data, spec)
+            if picture_side is None:
+                d = load(data, spec)
+                out.append(DecodedItem(ref, digest, d.width, d.height, whole=d.array))
+            else:
+                pic = decode(data, spec, draft=picture_side)
+                out.append(DecodedItem(ref, digest, pic.width, pic.height, picture=pic))
         except ImageDecodeError as exc:
-            out.append(DecodedRef(ref, sha256=digest, error=str(exc)))
-            continue
-        out.append(DecodedRef(ref, digest, d.width, d.height, row=len(arrays)))
-        arrays.append(d.array)
+            out.append(DecodedItem(ref, sha256=digest, error=str(exc)))
+    return out, time.perf_counter() - t0
+
+
+def stack_inputs(arrays: list[np.ndarray], spec: PreprocessSpec) -> np.ndarray:
+    """Model inputs stacked into one batch (an empty batch of the right shape for none)."""
     h, w = spec.size
-    stacked = np.stack(arrays) if arrays else np.empty((0, h, w, 3), np.float32)
-    return out, stacked, time.perf_counter() - t0
+    return np.stack(arrays) if arrays else np.empty((0, h, w, 3), np.float32)

@@ -27,9 +27,14 @@ from maskcore.card import ModelCard, file_sha256, model_id_of
 from maskcore.errors import ModelError, UsageError
 from maskcore.preprocess import PREPROCESS_VERSION, PreprocessSpec
 
-__all__ = ["DEFAULT_MODEL", "Device", "Engine", "Precision", "resolve_model_path"]
+__all__ = ["DEFAULT_MODEL", "Device", "Engine", "Precision", "open_session", "resolve_model_path"]
 
 log = logging.getLogger(__name__)
+
+# ONNX Runtime's telemetry is off: a batch job has no business reporting home (on Windows it
+# would write event traces; elsewhere the call is a no-op, and says so by existing).
+if hasattr(ort, "disable_telemetry_events"):
+    ort.disable_telemetry_events()
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "int8"]
@@ -146,29 +151,14 @@ class Engine:
     def _open(self, device: Device, precision: Precision
               ) -> tuple[ort.InferenceSession, str, str]:
         """The session, where it runs and which variant it holds."""
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if self._threads:
-            opts.intra_op_num_threads = self._threads
-        if device in ("auto", "cuda") and _CUDA in ort.get_available_providers():
+        if device in ("auto", "cuda") and cuda_possible(device):
             # On a GPU float32 is the fast path: auto keeps it there.
             gpu_precision = "int8" if precision == "int8" else "fp32"
             self._select(gpu_precision)
-            session = self._try_cuda(opts) if _nvidia_device_present() else None
+            session = _try_cuda(self.path, self._threads)
             if session is not None:
                 return session, "cuda", gpu_precision
-            if device == "cuda":
-                raise UsageError(
-                    "--device cuda: the CUDA execution provider did not load (no GPU, or the "
-                    "CUDA 12/13 and cuDNN 9 libraries onnxruntime-gpu needs are missing); "
-                    "use --device auto or cpu"
-                )
-            log.info("CUDA execution provider not usable here; running on CPU")
-        elif device == "cuda":
-            raise UsageError(
-                "--device cuda: this onnxruntime build has no CUDA execution provider "
-                f"(it has {', '.join(ort.get_available_providers())}); install onnxruntime-gpu"
-            )
+            _no_cuda(device)
         if precision == "auto":
             precision = "fp32"
             if self.card.int8:
@@ -178,10 +168,7 @@ class Engine:
                     log.info("the card lists %s but it is not there; running float32",
                              self.card.int8["onnx_file"])
         self._select(precision)
-        try:
-            return ort.InferenceSession(str(self.path), opts, providers=[_CPU]), "cpu", precision
-        except Exception as exc:  # ONNX Runtime raises its own exception types
-            raise ModelError(f"cannot load {self.path}: {exc}") from exc
+        return _cpu_session(self.path, self._threads), "cpu", precision
 
     def _select(self, precision: str) -> None:
         """Point ``path`` and ``sha256`` at a variant's file, checked against the card."""
@@ -196,26 +183,6 @@ class Engine:
                 f"{expected[:12]}): the card belongs to another model"
             )
         self.path, self.sha256 = path, actual
-
-    def _try_cuda(self, opts: ort.SessionOptions) -> ort.InferenceSession | None:
-        """A CUDA session, or None when the CUDA provider does not really load."""
-        preload = getattr(ort, "preload_dlls", None)
-        if preload is not None and importlib.util.find_spec("nvidia") is not None:
-            try:  # finds CUDA and cuDNN from the nvidia-* pip packages where they are installed
-                preload()
-            except Exception:  # noqa: BLE001 - absence of the libraries is the normal CPU case
-                pass
-        quiet = ort.SessionOptions()
-        quiet.graph_optimization_level = opts.graph_optimization_level
-        quiet.log_severity_level = 4  # the failed provider load is expected on CPU machines
-        ort.set_default_logger_severity(3)
-        try:
-            session = ort.InferenceSession(str(self.path), quiet, providers=[_CUDA, _CPU])
-        except Exception:  # noqa: BLE001
-            return None
-        finally:
-            ort.set_default_logger_severity(2)  # ONNX Runtime's default: warnings
-        return session if session.get_providers()[0] == _CUDA else None
 
     def _check_metadata(self) -> None:
         meta = self.session.get_modelmeta().custom_metadata_map
@@ -240,3 +207,84 @@ class Engine:
         if len(shape) != 4 or list(shape[1:]) != [*self.spec.size, 3]:
             raise ModelError(f"{self.path}: input shape {shape} does not match the card's "
                              f"{[*self.spec.size, 3]}")
+
+
+# --- sessions, shared by the classifier and the face detector ---------------------------------
+
+
+def open_session(path: Path, device: Device = "auto", threads: int | None = None
+                 ) -> tuple[ort.InferenceSession, str]:
+    """An ONNX Runtime session for ``path`` and where it really runs (``cuda`` or ``cpu``).
+
+    Raises:
+        UsageError: ``device="cuda"`` where the CUDA provider cannot be used.
+        ModelError: the file cannot be loaded.
+    """
+    if device not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"device must be auto, cpu or cuda, not {device!r}")
+    if device in ("auto", "cuda") and cuda_possible(device):
+        session = _try_cuda(path, threads)
+        if session is not None:
+            return session, "cuda"
+        _no_cuda(device)
+    return _cpu_session(path, threads), "cpu"
+
+
+def cuda_possible(device: Device) -> bool:
+    """Whether trying CUDA makes sense; ``device="cuda"`` on a build without it is refused."""
+    if _CUDA in ort.get_available_providers():
+        return True
+    if device == "cuda":
+        raise UsageError(
+            "--device cuda: this onnxruntime build has no CUDA execution provider "
+            f"(it has {', '.join(ort.get_available_providers())}); install onnxruntime-gpu"
+        )
+    return False
+
+
+def _no_cuda(device: Device) -> None:
+    """CUDA was tried and did not load: an error when asked for, a note under auto."""
+    if device == "cuda":
+        raise UsageError(
+            "--device cuda: the CUDA execution provider did not load (no GPU, or the "
+            "CUDA 12/13 and cuDNN 9 libraries onnxruntime-gpu needs are missing); "
+            "use --device auto or cpu"
+        )
+    log.debug("CUDA execution provider not usable here; running on CPU")
+
+
+def _options(threads: int | None) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+    return opts
+
+
+def _cpu_session(path: Path, threads: int | None) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(str(path), _options(threads), providers=[_CPU])
+    except Exception as exc:  # ONNX Runtime raises its own exception types
+        raise ModelError(f"cannot load {path}: {exc}") from exc
+
+
+def _try_cuda(path: Path, threads: int | None) -> ort.InferenceSession | None:
+    """A CUDA session, or None when the CUDA provider does not really load."""
+    if not _nvidia_device_present():
+        return None
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None and importlib.util.find_spec("nvidia") is not None:
+        try:  # finds CUDA and cuDNN from the nvidia-* pip packages where they are installed
+            preload()
+        except Exception:  # noqa: BLE001 - absence of the libraries is the normal CPU case
+            pass
+    quiet = _options(threads)
+    quiet.log_severity_level = 4  # the failed provider load is expected on CPU machines
+    ort.set_default_logger_severity(3)
+    try:
+        session = ort.InferenceSession(str(path), quiet, providers=[_CUDA, _CPU])
+    except Exception:  # noqa: BLE001
+        return None
+    finally:
+        ort.set_default_logger_severity(2)  # ONNX Runtime's default: warnings
+    return session if session.get_providers()[0] == _CUDA else None

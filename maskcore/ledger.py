@@ -4,9 +4,10 @@ Layout under the results prefix::
 
     parts/<model_id>/<UTC time>-<writer>-<seq>.jsonl   one per batch, PUT whole, never changed
     manifest.jsonl, manifest.csv, summary.json        consolidated view, rewritten whole
+    faces.jsonl, faces.csv                            the faces of those rows, rewritten whole
 
 The parts are the record of what is done: an object is done for a model when a part under that
-model's folder holds a row for its (key, ETag). Nothing lives on local disk, so a new pod carries
+model's folder holds a row for its (bucket, key, ETag). Nothing lives on local disk, so a new pod carries
 on where the last one stopped; a batch in flight when a worker is killed has no part yet and is
 simply done again. The consolidated manifest holds one row per object: the latest row written
 for it (so an overwritten object shows its new content's result, and ``--reprocess`` replaces
@@ -23,8 +24,8 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from maskcore.manifest import Tally, rows_to_csv, rows_to_jsonl
-from maskcore.storage import READ_ERROR_PREFIX, S3Store, parse_s3_url
+from maskcore.manifest import FACE_FIELDS, Tally, rows_to_csv, rows_to_jsonl, split_faces
+from maskcore.storage import READ_ERROR_PREFIX, S3Store
 
 __all__ = ["ResultsStore"]
 
@@ -60,15 +61,16 @@ class ResultsStore:
             self._absorb(_parse_rows(data))
             self._seen_parts.add(ref.key)
 
-    def is_done(self, key: str, etag: str) -> bool:
-        """Whether a row for this object content already exists for this model."""
-        return (key, etag) in self._done
+    def is_done(self, url: str, etag: str) -> bool:
+        """Whether a row for this object content (``s3://bucket/key`` and ETag) already exists
+        for this model. The bucket is part of the identity: two sources may share a results
+        prefix, and the same key and content in two buckets are two pictures."""
+        return (url, etag) in self._done
 
     def _absorb(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:
-            key = parse_s3_url(row["source"]).prefix  # the object's key
             if not (row["status"] == "error" and row["error"].startswith(READ_ERROR_PREFIX)):
-                self._done.add((key, row.get("etag", "")))
+                self._done.add((row["source"], row.get("etag", "")))
             old = self._latest.get(row["source"])
             if old is None or row["processed_at"] >= old["processed_at"]:
                 self._latest[row["source"]] = row
@@ -88,7 +90,7 @@ class ResultsStore:
     def consolidate(self, extra_summary: dict[str, Any] | None = None) -> dict[str, Any]:
         """Rewrite manifest.jsonl, manifest.csv and summary.json from every part of this model."""
         self.refresh()
-        rows = [self._latest[s] for s in sorted(self._latest)]
+        rows, faces = split_faces(self._latest[s] for s in sorted(self._latest))
         tally = Tally()
         for r in rows:
             tally.add(r)
@@ -104,18 +106,27 @@ class ResultsStore:
         self.store.put(loc.join("manifest.jsonl"), rows_to_jsonl(rows), "application/x-ndjson")
         self.store.put(loc.join("manifest.csv"), rows_to_csv(rows, self.classes, ("etag",)),
                        "text/csv")
+        self.store.put(loc.join("faces.jsonl"), rows_to_jsonl(faces), "application/x-ndjson")
+        self.store.put(loc.join("faces.csv"),
+                       rows_to_csv(faces, self.classes, ("etag",), FACE_FIELDS), "text/csv")
         self.store.put(loc.join("summary.json"), (json.dumps(summary, indent=2) + "\n").encode(),
                        "application/json")
         return summary
 
 
 def _parse_rows(data: bytes) -> list[dict[str, Any]]:
+    """The rows of a part. JSON Lines end records at "\\n" only: ``str.splitlines`` would also
+    split at U+2028, U+0085 and others, which may stand in a key (``json.dumps`` with
+    ``ensure_ascii=False`` leaves them as they are)."""
     rows = []
-    for line in data.decode("utf-8", errors="replace").splitlines():
-        line = line.strip()
+    for line in data.decode("utf-8", errors="replace").split("\n"):
+        line = line.strip(" \t\r")
         if line:
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except ValueError:  # a part is PUT whole, so this is someone else's file: skip it
                 continue
+            if isinstance(row, dict) and isinstance(row.get("source"), str) \
+                    and row.get("status") in ("ok", "error"):
+                rows.append(row)
     return rows

