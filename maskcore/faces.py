@@ -37,7 +37,7 @@ VERDICT_ORDER = ("without_mask", "mask_weared_incorrect", "with_mask")
 
 #: Default margin around a face box, a share of its size on each side (recorded in the card
 #: of a model trained on face crops, which then wins).
-DEFAULT_MARGIN = 0.2
+DEFAULT_MARGIN = 0.1
 
 
 @dataclass(frozen=True)
