@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from maskcore.detector import DetectorSpec, letterbox
 from maskcore.errors import ImageDecodeError, StorageError
 from maskcore.preprocess import Picture, PreprocessSpec, decode, load
 from maskcore.storage import Ref, Source
@@ -35,6 +36,8 @@ class DecodedItem:
     error: str = ""
     whole: np.ndarray | None = None  # the whole picture as model input (no face stage)
     picture: Picture | None = None  # the upright picture (face stage)
+    canvas: np.ndarray | None = None  # the picture scaled for the detector, uint8 (face stage)
+    canvas_scale: float = 1.0  # canvas pixels per pixel of ``picture.image``
 
     @property
     def ok(self) -> bool:
@@ -42,16 +45,18 @@ class DecodedItem:
 
 
 def decode_refs(source: Source, refs: list[Ref], spec: PreprocessSpec,
-                picture_side: int | None = None) -> tuple[list[DecodedItem], float]:
+                faces: DetectorSpec | None = None) -> tuple[list[DecodedItem], float]:
     """Read and decode a few refs (runs in a worker process).
 
     Args:
         source: reads each ref's bytes.
         refs: what to decode.
         spec: the classifier's preprocessing.
-        picture_side: keep the upright picture, decoded at least this large on both sides
-            (JPEG may shrink by 1/2, 1/4, 1/8 down to it), for the face stage; None keeps only
-            the whole picture's model input.
+        faces: the face detector's settings, for the face stage: keep the upright picture,
+            decoded at least ``faces.canvas`` large on both sides (JPEG may shrink by 1/2, 1/4,
+            1/8 down to it), and its detector canvas, made here so that the process that runs
+            the detector (one in front of a GPU) only runs it. None keeps only the whole
+            picture's model input.
 
     Returns:
         One :class:`DecodedItem` per ref, in order, and the seconds this took.
@@ -66,12 +71,14 @@ def decode_refs(source: Source, refs: list[Ref], spec: PreprocessSpec,
             continue
         digest = hashlib.sha256(data).hexdigest()
         try:
-            if picture_side is None:
+            if faces is None:
                 d = load(data, spec)
                 out.append(DecodedItem(ref, digest, d.width, d.height, whole=d.array))
             else:
-                pic = decode(data, spec, draft=picture_side)
-                out.append(DecodedItem(ref, digest, pic.width, pic.height, picture=pic))
+                pic = decode(data, spec, draft=faces.canvas)
+                canvas, scale = letterbox(pic.image, faces)
+                out.append(DecodedItem(ref, digest, pic.width, pic.height, picture=pic,
+                                       canvas=canvas, canvas_scale=scale))
         except ImageDecodeError as exc:
             out.append(DecodedItem(ref, sha256=digest, error=str(exc)))
     return out, time.perf_counter() - t0

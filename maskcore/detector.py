@@ -8,8 +8,8 @@ Three named steps, each testable alone (the shape of ultralytics' predictor):
   picture's shape instead of always being square: a 4:3 picture costs three quarters of a
   square one, and on a CPU the network runs faster one picture at a time than in batches
   (measured: 181 against 78 street pictures a second on 2 cores), so nothing is lost by shapes
-  that differ. Pictures of the same canvas shape are batched together (on CUDA, up to
-  ``gpu_batch`` of them).
+  that differ. On CUDA, where batches pay and new shapes cost, every canvas is padded to the
+  square and every batch to a fixed size instead.
 * the network (one ONNX Runtime session, CUDA when it really loads);
 * :func:`decode_boxes`: anchors (priors) -> boxes, score threshold, NMS, boxes mapped back to the
   original picture's pixels (after EXIF orientation) and clipped to it.
@@ -25,18 +25,22 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from maskcore.card import file_sha256, model_id_of
-from maskcore.engine import Device, open_session
 from maskcore.errors import ModelError
 
-__all__ = ["DEFAULT_DETECTOR", "DetectorSpec", "Detections", "FaceDetector", "decode_boxes", "nms"]
+if TYPE_CHECKING:
+    from maskcore.engine import Device
+
+__all__ = ["DEFAULT_DETECTOR", "DetectorSpec", "Detections", "FaceDetector", "decode_boxes",
+           "letterbox", "nms"]
 
 #: The bundled detector's card (its ONNX file sits beside it).
 DEFAULT_DETECTOR = Path(__file__).resolve().parents[1] / "models" / "face_detector.json"
@@ -100,6 +104,10 @@ class FaceDetector:
 
     def __init__(self, card: str | os.PathLike[str] | None = None, *, device: Device = "auto",
                  threads: int | None = None, **overrides: Any) -> None:
+        # Imported here: decode processes import this module for letterbox() alone, and they
+        # need no ONNX Runtime.
+        from maskcore.engine import open_session
+
         path = Path(card) if card is not None else DEFAULT_DETECTOR
         if path.is_dir():
             path = path / DEFAULT_DETECTOR.name
@@ -127,7 +135,7 @@ class FaceDetector:
                              f"card says {meta['onnx_sha256'][:12]})")
         self.session, self.device = open_session(self.path, device, threads)
         self.input_name = self.session.get_inputs()[0].name
-        self.gpu_batch = 32  # canvases of one shape per call on CUDA
+        self.gpu_batch = 16  # canvases a call on CUDA (a batch always has this many)
 
     @property
     def model_id(self) -> str:
@@ -136,15 +144,8 @@ class FaceDetector:
 
     def prepare(self, image: Image.Image) -> tuple[np.ndarray, float]:
         """One RGB picture -> its canvas (3, H, W) float32 and the scale it was drawn at."""
-        s = self.spec.canvas
-        scale = s / max(image.width, image.height)
-        w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
-        resized = image.resize((w, h), Image.Resampling.BILINEAR) if (w, h) != image.size \
-            else image
-        canvas = np.zeros((_up32(h), _up32(w), 3), np.float32)  # zero after the mean: "nothing"
-        bgr = np.asarray(resized, dtype=np.float32)[:, :, ::-1]
-        canvas[:h, :w] = bgr - np.asarray(self.spec.mean_bgr, np.float32)
-        return canvas.transpose(2, 0, 1), scale
+        pic, scale = letterbox(image, self.spec)
+        return to_canvases([pic], self.spec, (_up32(pic.shape[0]), _up32(pic.shape[1])))[0], scale
 
     def run(self, canvases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The network on a batch (N, 3, H, W): box codes (N, A, 4) and face scores (N, A)."""
@@ -160,22 +161,66 @@ class FaceDetector:
             factors: original pixels per pixel of each image (1.0 when None).
             sizes: each original (width, height), for clipping (the image's own when None).
         """
-        prepared = [self.prepare(im) for im in images]
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, (canvas, _) in enumerate(prepared):
-            by_shape.setdefault(canvas.shape, []).append(i)
-        out: list[Detections] = [Detections()] * len(images)
-        per_call = self.gpu_batch if self.device == "cuda" else 1
-        for (_, h, w), members in by_shape.items():
-            for start in range(0, len(members), per_call):
-                group = members[start:start + per_call]
-                loc, score = self.run(np.stack([prepared[i][0] for i in group]))
-                for j, i in enumerate(group):
-                    f = factors[i] if factors else 1.0
-                    size = sizes[i] if sizes else (images[i].width, images[i].height)
-                    out[i] = decode_boxes(loc[j], score[j], self.spec, prepared[i][1] / f,
-                                          size, (h, w))
+        prepared = [letterbox(im, self.spec) for im in images]
+        return self.detect_prepared([c for c, _ in prepared], [sc for _, sc in prepared],
+                                    factors, sizes or [(im.width, im.height) for im in images])
+
+    def detect_prepared(self, canvases: list[np.ndarray], scales: list[float],
+                        factors: list[float] | None, sizes: list[tuple[int, int]]
+                        ) -> list[Detections]:
+        """:meth:`detect` for pictures already scaled by :func:`letterbox` (in decode processes)."""
+        out: list[Detections] = [Detections()] * len(canvases)
+        for (h, w), group, batch in self._batches(canvases):
+            loc, score = self.run(batch)
+            for j, i in enumerate(group):
+                f = factors[i] if factors else 1.0
+                out[i] = decode_boxes(loc[j], score[j], self.spec, scales[i] / f, sizes[i],
+                                      (h, w))
         return out
+
+
+    def _batches(self, pictures: list[np.ndarray]
+                 ) -> Iterator[tuple[tuple[int, int], list[int], np.ndarray]]:
+        """(canvas shape, member indices, input batch) for each network call.
+
+        On a CPU, one picture a call, on a canvas of its own shape rounded up to 32. On CUDA,
+        every canvas is the square ``spec.canvas`` and every batch ``gpu_batch`` canvases:
+        cuDNN plans its convolutions for each input shape it meets, and a new plan per picture
+        shape made a GPU slower than a CPU (5 street pictures a second on an H100, measured).
+        """
+        if self.device != "cuda":
+            for i, pic in enumerate(pictures):
+                shape = (_up32(pic.shape[0]), _up32(pic.shape[1]))
+                yield shape, [i], to_canvases([pic], self.spec, shape)
+            return
+        s, n = self.spec.canvas, self.gpu_batch
+        for start in range(0, len(pictures), n):
+            group = list(range(start, min(start + n, len(pictures))))
+            yield (s, s), group, to_canvases([pictures[i] for i in group], self.spec, (s, s), n)
+
+
+def letterbox(image: Image.Image, spec: DetectorSpec) -> tuple[np.ndarray, float]:
+    """One RGB picture scaled so that its longer side is ``spec.canvas``: uint8 (h, w, 3) RGB,
+    and the scale it was drawn at. It stays uint8 until a batch is made (:func:`to_canvases`):
+    decode processes make it, and a quarter of the bytes cross to the detector's process."""
+    scale = spec.canvas / max(image.width, image.height)
+    w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    resized = image.resize((w, h), Image.Resampling.BILINEAR) if (w, h) != image.size else image
+    return np.asarray(resized, dtype=np.uint8), scale
+
+
+def to_canvases(pictures: list[np.ndarray], spec: DetectorSpec, shape: tuple[int, int],
+                size: int | None = None) -> np.ndarray:
+    """Letterboxed pictures -> the network's input (N, 3, H, W) float32: BGR minus
+    ``spec.mean_bgr``, padded bottom and right with zeros ("nothing" to the network), N at least
+    ``size`` (extra canvases are all padding)."""
+    h, w = shape
+    batch = np.zeros((max(len(pictures), size or 0), 3, h, w), np.float32)
+    mean = np.asarray(spec.mean_bgr, np.float32)
+    for j, pic in enumerate(pictures):
+        ph, pw = pic.shape[:2]
+        batch[j, :, :ph, :pw] = (pic[:, :, ::-1] - mean).transpose(2, 0, 1)
+    return batch
 
 
 def _up32(n: int) -> int:

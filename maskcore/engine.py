@@ -143,8 +143,17 @@ class Engine:
         """Probabilities (N, classes) for a float32 batch (N, H, W, 3) from the shared preprocessing."""
         if batch.ndim != 4 or batch.shape[1:] != (*self.spec.size, 3):
             raise ValueError(f"batch of shape {batch.shape} does not fit input {self.spec.size}")
+        n = len(batch)
+        if self.device == "cuda" and n:
+            # Batches padded to a power of two (64 at least): a CUDA session plans and allocates
+            # for every new input shape, and the number of faces in a batch is never the same
+            # twice.
+            size = max(64, 1 << (n - 1).bit_length())
+            if size != n:
+                batch = np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]),
+                                                        batch.dtype)])
         feed = {self.card.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
-        return self.session.run([self.card.output_name], feed)[0]
+        return self.session.run([self.card.output_name], feed)[0][:n]
 
     # --- set-up -----------------------------------------------------------------------------
 
@@ -282,7 +291,10 @@ def _try_cuda(path: Path, threads: int | None) -> ort.InferenceSession | None:
     quiet.log_severity_level = 4  # the failed provider load is expected on CPU machines
     ort.set_default_logger_severity(3)
     try:
-        session = ort.InferenceSession(str(path), quiet, providers=[_CUDA, _CPU])
+        # Heuristic convolution plans: an exhaustive search runs again for every new input
+        # shape, and batch sizes (faces per batch, the last batch of a run) vary.
+        cuda = (_CUDA, {"cudnn_conv_algo_search": "HEURISTIC"})
+        session = ort.InferenceSession(str(path), quiet, providers=[cuda, _CPU])
     except Exception:  # noqa: BLE001
         return None
     finally:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from maskcore.decode import DecodedItem, stack_inputs
-from maskcore.detector import FaceDetector
+from maskcore.detector import DetectorSpec, FaceDetector
 from maskcore.engine import Device, Engine
 from maskcore.errors import UsageError
 from maskcore.preprocess import crop_face, to_input
@@ -108,9 +108,9 @@ class Analyzer:
             float(crop.get("margin", DEFAULT_MARGIN))
 
     @property
-    def picture_side(self) -> int | None:
-        """How large decode tasks must keep pictures (None: only the whole-picture input)."""
-        return self.detector.spec.canvas if self.detector is not None else None
+    def detector_spec(self) -> DetectorSpec | None:
+        """What decode tasks prepare pictures for (None: only the whole-picture input)."""
+        return self.detector.spec if self.detector is not None else None
 
     @property
     def detector_id(self) -> str:
@@ -137,9 +137,13 @@ class Analyzer:
                 owners.append((i, -1))
         else:
             pics = [items[i].picture for i in ok]
-            assert all(p is not None for p in pics), "the face stage needs decoded pictures"
-            found = self.detector.detect(
-                [p.image for p in pics], [p.factor for p in pics],  # type: ignore[union-attr]
+            canvases = [items[i].canvas for i in ok]
+            assert all(p is not None for p in pics) and all(c is not None for c in canvases), \
+                "the face stage needs decoded pictures and their canvases"
+            found = self.detector.detect_prepared(
+                canvases,  # type: ignore[arg-type]
+                [items[i].canvas_scale for i in ok],
+                [p.factor for p in pics],  # type: ignore[union-attr]
                 [(p.width, p.height) for p in pics])  # type: ignore[union-attr]
             for i, pic, det in zip(ok, pics, found, strict=True):
                 r = results[i]

@@ -21,12 +21,13 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
 from maskcore.decode import CHUNK, DecodedItem, decode_refs
+from maskcore.detector import DetectorSpec
 from maskcore.faces import Analyzer, FaceOptions, PictureResult, load_analyzer
 from maskcore.manifest import RowBuilder
 from maskcore.pool import default_workers, make_pool
@@ -52,6 +53,9 @@ class StageTimes:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
+#: Batches analyzed at once in the main process (the central placement, in front of a GPU).
+ANALYZE_THREADS = 3
+
 # The analyzer of a decode process, loaded once by the pool's initializer.
 _WORKER_ANALYZER: Analyzer | None = None
 
@@ -61,15 +65,15 @@ def _load_worker_analyzer(model_path: str, precision: str, faces: FaceOptions) -
     _WORKER_ANALYZER = load_analyzer(model_path, precision, faces, threads=1)
 
 
-def analyze_chunk(source: Source, refs: list[Ref], spec: PreprocessSpec, picture_side: int | None
-                  ) -> tuple[list[PictureResult], float, float]:
+def analyze_chunk(source: Source, refs: list[Ref], spec: PreprocessSpec,
+                  faces: DetectorSpec | None) -> tuple[list[PictureResult], float, float]:
     """Decode a batch and analyze it with this process's engines (runs in a worker process).
 
     Returns:
         The results, in order, and the seconds spent decoding and analyzing.
     """
     assert _WORKER_ANALYZER is not None, "the pool was started without _load_worker_analyzer"
-    items, seconds = decode_refs(source, refs, spec, picture_side)
+    items, seconds = decode_refs(source, refs, spec, faces)
     t0 = time.perf_counter()
     results = _WORKER_ANALYZER.infer(items)
     return results, seconds, time.perf_counter() - t0
@@ -122,7 +126,7 @@ def classify(
     times = StageTimes()
     rows_of = row_builder(analyzer, threshold, row_extra)
     engine = analyzer.engine
-    side = analyzer.picture_side
+    side = analyzer.detector_spec
 
     def deliver(results: list[PictureResult]) -> None:
         t0 = time.perf_counter()
@@ -150,9 +154,25 @@ def classify(
 
     pending: deque[DecodedItem] = deque()
     n_ok = 0
+    # Batches are analyzed in a few threads of this process: the engines release the GIL while
+    # they run, so one batch's network overlaps the next one's canvases and crops (the Python
+    # around a GPU). Results are delivered in submission order.
+    analyzing: deque[Future[tuple[list[PictureResult], float]]] = deque()
+
+    def analyze(take: list[DecodedItem]) -> tuple[list[PictureResult], float]:
+        t0 = time.perf_counter()
+        return analyzer.infer(take), time.perf_counter() - t0
+
+    def deliver_done(keep: int) -> None:
+        while len(analyzing) > keep:
+            results, seconds = analyzing.popleft().result()
+            if any(not r.error for r in results):
+                times.inference += seconds
+                times.batches += 1
+            deliver(results)
 
     def flush(limit: int | None) -> None:
-        """Analyze up to ``limit`` decoded pictures (all if None) and deliver rows up to there."""
+        """Send up to ``limit`` decoded pictures (all if None) to be analyzed."""
         nonlocal n_ok
         take: list[DecodedItem] = []
         taken_ok = 0
@@ -163,14 +183,10 @@ def classify(
             take.append(item)
             taken_ok += item.ok
         n_ok -= taken_ok
-        t0 = time.perf_counter()
-        results = analyzer.infer(take)
-        if taken_ok:
-            times.inference += time.perf_counter() - t0
-            times.batches += 1
-        deliver(results)
+        analyzing.append(threads.submit(analyze, take))
+        deliver_done(ANALYZE_THREADS)
 
-    with make_pool(workers) as pool:
+    with make_pool(workers) as pool, ThreadPoolExecutor(ANALYZE_THREADS) as threads:
         for items, seconds in _in_order(
                 pool, decode_refs, (source, engine.spec, side), _chunks(iter(refs), CHUNK),
                 max(2, (workers or 2) * 3), stop, times):
@@ -180,7 +196,8 @@ def classify(
                 n_ok += item.ok
             while n_ok >= batch_size:
                 flush(batch_size)
-    flush(None)
+        flush(None)
+        deliver_done(0)
     return times
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from maskcore.decode import CHUNK, decode_refs
+from maskcore.detector import DetectorSpec
 from maskcore.errors import UsageError
 from maskcore.faces import Analyzer, FaceOptions
 from maskcore.pipeline import StageTimes
@@ -60,7 +61,7 @@ def require_ray() -> Any:
 
 
 def decode_batch(batch: dict[str, np.ndarray], source: Source, spec: PreprocessSpec,
-                 picture_side: int | None) -> dict[str, np.ndarray]:
+                 faces: DetectorSpec | None) -> dict[str, np.ndarray]:
     """Ray task: read and decode a batch of refs with the shared decode task.
 
     Each decoded item travels pickled in a binary column (its pixels are a whole picture or a
@@ -68,15 +69,17 @@ def decode_batch(batch: dict[str, np.ndarray], source: Source, spec: PreprocessS
     """
     refs = [Ref(source=str(s), key=str(k), etag=str(e))
             for s, k, e in zip(batch["source"], batch["key"], batch["etag"], strict=True)]
-    items, _ = decode_refs(source, refs, spec, picture_side)
+    items, _ = decode_refs(source, refs, spec, faces)
     return {"order": batch["order"],
             "item": np.array([pickle.dumps(it) for it in items], dtype=object)}
 
 
-def _decode_memory(spec: PreprocessSpec, picture_side: int | None) -> int:
+def _decode_memory(spec: PreprocessSpec, faces: DetectorSpec | None) -> int:
     """Bytes a decode task may need: the largest allowed picture as RGBA, plus its batch."""
     h, w = spec.size
-    per_item = h * w * 3 * 4 if picture_side is None else picture_side * picture_side * 3 * 16
+    # With the face stage an item holds the picture (at most about 2x the canvas, as JPEG
+    # drafts) and the float32 canvas.
+    per_item = h * w * 3 * 4 if faces is None else faces.canvas * faces.canvas * 3 * 20
     return spec.max_pixels * 4 + CHUNK * per_item * 2 + (64 << 20)
 
 
@@ -175,9 +178,9 @@ def classify_ray(
         # Each decode task reserves room for the largest picture it may meet. That also keeps
         # Ray from fusing decoding into the inference actors (it fuses stages whose resource
         # requests are equal), which would leave a cluster's decoding to the few actors.
-        spec, side = analyzer.engine.spec, analyzer.picture_side
+        spec, side = analyzer.engine.spec, analyzer.detector_spec
         ds = ds.map_batches(decode_batch, fn_kwargs={"source": source, "spec": spec,
-                                                     "picture_side": side},
+                                                     "faces": side},
                             batch_size=CHUNK, batch_format="numpy", num_cpus=1,
                             memory=_decode_memory(spec, side))
         ds = ds.map_batches(
