@@ -9,7 +9,7 @@ PY     := $(BIN)/python
 INFER_STAMP := $(VENV)/.stamp-inference
 ALL_STAMP   := $(VENV)/.stamp-all
 
-DATA   ?= ../shared/datasets/face-mask
+DATA   ?= ../shared/datasets/face-mask ../shared/datasets/face-mask-scenes
 OUT    ?= out/model
 INPUT  ?=
 OUTPUT ?= results/$(shell date -u +%Y%m%dT%H%M%SZ)
@@ -47,18 +47,18 @@ test: $(ALL_STAMP)  ## run the test suite
 lint: $(ALL_STAMP)  ## ruff over the code
 	$(BIN)/ruff check maskcore jobs tests
 
-audit: $(INFER_STAMP)  ## audit a dataset: make audit DATA=dir
-	$(BIN)/maskcore audit "$(DATA)" $(ARGS)
+audit: $(INFER_STAMP)  ## audit a folder-per-class dataset: make audit DATA=dir
+	$(BIN)/maskcore audit $(firstword $(DATA)) $(ARGS)
 
-train: $(ALL_STAMP)  ## train, evaluate and export: make train DATA=dir OUT=dir
-	$(BIN)/maskcore train "$(DATA)" --out "$(OUT)" $(ARGS)
+train: $(ALL_STAMP)  ## train, evaluate and export: make train [DATA="dir dir"] [OUT=dir]
+	$(BIN)/maskcore train $(DATA) --out "$(OUT)" $(ARGS)
 
 batch: $(INFER_STAMP)  ## classify pictures: make batch INPUT=dir/ [OUTPUT=dir] [MODEL=model.onnx]
 	@test -n "$(INPUT)" || { echo "usage: make batch INPUT=dir/ [OUTPUT=dir] [MODEL=path]" >&2; exit 2; }
 	$(BIN)/maskcore batch "$(INPUT)" --out "$(OUTPUT)" $(if $(MODEL),--model "$(MODEL)") $(ARGS)
 
-bench: $(ALL_STAMP)  ## speed benchmark -> docs/BENCHMARKS.md: make bench [DATA=dir]
-	$(PY) -m jobs.bench --data "$(DATA)" --write docs/BENCHMARKS.md $(ARGS)
+bench: $(ALL_STAMP)  ## speed benchmark -> docs/BENCHMARKS.md: make bench
+	$(PY) -m jobs.bench --data $(firstword $(DATA)) --write docs/BENCHMARKS.md $(ARGS)
 
 worker: $(INFER_STAMP)  ## watch a bucket: make worker SOURCE=s3://b/incoming/ RESULTS=s3://b/results/
 	@test -n "$(SOURCE)" -a -n "$(RESULTS)" || { echo "usage: make worker SOURCE=s3://... RESULTS=s3://... [ARGS=--once]" >&2; exit 2; }

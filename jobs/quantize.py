@@ -40,9 +40,13 @@ def run_quantize(model_dir: Path, data_dir: Path, *, workers: int | None = None)
     card = ModelCard.read(model_dir / CARD_NAME)
     split_path = model_dir / "split.json"
     try:
-        hashes = json.loads(split_path.read_text())["hashes"]
-    except (OSError, ValueError, KeyError) as exc:
+        record = json.loads(split_path.read_text())
+    except (OSError, ValueError) as exc:
         raise ModelError(f"cannot read the split record {split_path}: {exc}") from exc
+    if "hashes" not in record or len(record.get("datasets", {})) > 1:
+        raise ModelError(f"{model_dir} was trained on several datasets ({split_path}); "
+                         "`maskcore train` makes its int8 variant itself: train it again")
+    hashes = record["hashes"]
     index = scan(data_dir)
     if list(index.classes) != card.classes:
         raise DatasetError(f"{data_dir} has classes {list(index.classes)}, the model "

@@ -11,7 +11,7 @@ import hashlib
 import json
 import platform
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -20,10 +20,12 @@ from typing import Any
 import click
 import numpy as np
 
+from maskcore.boxdata import audit_boxes, format_box_audit, is_box_dataset, load_box_dataset
 from maskcore.card import ModelCard, file_sha256
 from maskcore.cli import run_command
 from maskcore.dataset import IMBALANCE_RATIO, audit, format_audit, inspect, scan
 from maskcore.errors import DatasetError, ModelError
+from maskcore.faces import DEFAULT_MARGIN
 from maskcore.metrics import evaluate, summary_line
 from maskcore.preprocess import PreprocessSpec
 from maskcore.split import split_dataset
@@ -35,33 +37,34 @@ def _log(msg: str) -> None:
     click.echo(f"[train] {msg}", err=True)
 
 
-def run_training(
-    data_dir: Path,
-    out: Path,
-    *,
-    epochs: int = 40,
-    seed: int = 0,
-    image_size: int = 128,
-    batch_size: int = 32,
-    val: float = 0.15,
-    test: float = 0.15,
-    patience: int = 40,
-    augment: bool = True,
-    workers: int | None = None,
-    widths: tuple[int, ...] | None = None,
-    label_smoothing: float = 0.0,
-    ema: float = 0.0,
-    mixup: float = 0.0,
-    compute: str = "auto",
-) -> dict[str, Any]:
-    """Run the whole training job; returns the model card as a dict.
+#: Class order of a model trained on several datasets: these first, in this order (the verdict
+#: order of the face stage), then any other class name, sorted.
+CLASS_ORDER = ("with_mask", "without_mask", "mask_weared_incorrect")
 
-    Raises:
-        DatasetError: fewer than 2 classes, or a class with no readable picture.
-        ModelError: the ONNX export disagrees with the Keras model (parity check failed).
-    """
-    t0 = time.monotonic()
-    spec = PreprocessSpec(size=(image_size, image_size))
+#: Class weights are inverse class frequencies, capped here: the rare class (93 of 3,246 street
+#: faces, none among the close-ups) would otherwise weigh about 40 times a common one.
+CLASS_WEIGHT_CAP = 10.0
+
+
+def ordered_classes(names: set[str]) -> list[str]:
+    """The union of several datasets' classes in the documented order (:data:`CLASS_ORDER`)."""
+    return [c for c in CLASS_ORDER if c in names] + sorted(names - set(CLASS_ORDER))
+
+
+@dataclass
+class _Part:
+    """One dataset's contribution to each split: inputs, class names, display names."""
+
+    name: str
+    kind: str  # "folders" or "boxes"
+    x: dict[str, np.ndarray]
+    labels: dict[str, list[str]]
+    names: dict[str, list[str]]
+    record: dict[str, Any]  # what the card says about it
+
+
+def _folder_part(data_dir: Path, spec: PreprocessSpec, *, val: float, test: float, seed: int,
+                 workers: int | None) -> tuple[_Part, dict[str, Any]]:
     index = scan(data_dir)
     if len(index.classes) < 2:
         raise DatasetError(
@@ -90,22 +93,118 @@ def run_training(
     if not split.train or not split.val or not split.test:
         raise DatasetError(f"too few distinct pictures to split: {split.sizes()}")
     _log(f"split (one file per duplicate group): {split.sizes()}")
-
-    def stack(positions: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        x = np.stack([arrays[k] for k in positions])
-        y = np.array([split.labels[k] for k in positions], dtype=np.int64)
-        return x, y
-
-    x_train, y_train = stack(split.train)
-    x_val, y_val = stack(split.val)
-    x_test, y_test = stack(split.test)
+    part = _Part(index.root.name, "folders", {}, {}, {}, {})
+    for name, positions in (("train", split.train), ("val", split.val), ("test", split.test)):
+        part.x[name] = np.stack([arrays[k] for k in positions])
+        part.labels[name] = [index.classes[split.labels[k]] for k in positions]
+        part.names[name] = [infos[k].relpath for k in positions]
     arrays.clear()
+    fingerprint = hashlib.sha256("\n".join(sorted({i.sha256 for i in infos if i.sha256}))
+                                 .encode()).hexdigest()
+    part.record = {
+        "name": index.root.name,  # the dataset's folder name, not where it sat
+        "kind": "folder-per-class",
+        "fingerprint": fingerprint,
+        "files": len(infos),
+        "unreadable": len(report["unreadable"]),
+        "redundant_copies": report["duplicates"]["redundant_copies"],
+        "split_sizes": split.sizes(),
+    }
+    split_record = {"seed": seed, "shares": {"val": val, "test": test}, "sizes": split.sizes(),
+                    "hashes": split.hashes}
+    return part, {"audit": report, "split": split_record}
+
+
+def _box_part(data_dir: Path, spec: PreprocessSpec, margin: float, workers: int | None
+              ) -> tuple[_Part, dict[str, Any]]:
+    _log(f"cropping the boxed faces of {data_dir} ...")
+    faces = load_box_dataset(data_dir, spec=spec, margin=margin, workers=workers)
+    report = audit_boxes(faces)
+    click.echo(format_box_audit(report))
+    part = _Part(faces.root.name, "boxes", {}, {}, {}, {})
+    for name in ("train", "val", "test"):
+        x, labels, names = faces.subset(name)
+        if not len(x):
+            raise DatasetError(f"{data_dir}: no boxed face in the {name} split")
+        part.x[name], part.labels[name], part.names[name] = x, labels, names
+    part.record = {"name": faces.root.name, "kind": "pascal-voc boxes",
+                   "fingerprint": faces.fingerprint, "pictures": faces.pictures,
+                   "faces": len(faces.labels), "unreadable": len(faces.unreadable),
+                   "split": "by picture: sha256 of its bytes, 70/15/15 (maskcore.voc)",
+                   "faces_per_split": report["faces_per_split"]}
+    return part, {"audit": report}
+
+
+def run_training(
+    data_dirs: Path | list[Path],
+    out: Path,
+    *,
+    epochs: int = 40,
+    seed: int = 0,
+    image_size: int = 128,
+    batch_size: int = 32,
+    val: float = 0.15,
+    test: float = 0.15,
+    patience: int = 40,
+    augment: bool = True,
+    workers: int | None = None,
+    widths: tuple[int, ...] | None = None,
+    label_smoothing: float = 0.0,
+    ema: float = 0.0,
+    mixup: float = 0.0,
+    compute: str = "auto",
+    crop_margin: float = DEFAULT_MARGIN,
+) -> dict[str, Any]:
+    """Run the whole training job; returns the model card as a dict.
+
+    ``data_dirs`` are folder-per-class datasets (close-ups) and box datasets (``images/`` and
+    ``annotations/``, whose boxes are cut with the per-face stage's crop, ``crop_margin``);
+    their classes are united in :data:`CLASS_ORDER`.
+
+    Raises:
+        DatasetError: fewer than 2 classes, or a class with no readable picture.
+        ModelError: the ONNX export disagrees with the Keras model (parity check failed).
+    """
+    t0 = time.monotonic()
+    spec = PreprocessSpec(size=(image_size, image_size))
+    dirs = [data_dirs] if isinstance(data_dirs, Path | str) else list(data_dirs)
+    if not dirs:
+        raise DatasetError("no dataset given")
+    parts: list[_Part] = []
+    records: dict[str, Any] = {}
+    for d in dirs:
+        if is_box_dataset(d):
+            part, rec = _box_part(Path(d), spec, crop_margin, workers)
+        else:
+            part, rec = _folder_part(Path(d), spec, val=val, test=test, seed=seed,
+                                     workers=workers)
+        parts.append(part)
+        records[part.name] = rec
+    classes = ordered_classes({c for p in parts for s in p.labels.values() for c in s})
+    if len(classes) < 2:
+        raise DatasetError(f"need at least 2 classes to train, found {classes}")
+    index_of = {c: i for i, c in enumerate(classes)}
+
+    def stack(split_name: str, only: list[_Part] | None = None
+              ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        chosen = only or parts
+        x = np.concatenate([p.x[split_name] for p in chosen])
+        y = np.array([index_of[c] for p in chosen for c in p.labels[split_name]], np.int64)
+        names = [f"{p.name}/{n}" for p in chosen for n in p.names[split_name]]
+        return x, y, names
+
+    x_train, y_train, _ = stack("train")
+    x_val, y_val, _ = stack("val")
+    x_test, y_test, test_names = stack("test")
+    _log(f"{len(classes)} classes {classes}; train {len(y_train)}, val {len(y_val)}, "
+         f"test {len(y_test)} samples")
 
     class_weight = None
-    counts = np.bincount(y_train, minlength=len(index.classes))
+    counts = np.bincount(y_train, minlength=len(classes))
     ratio = counts.min() / counts.max()
     if ratio < IMBALANCE_RATIO:
-        class_weight = {c: float(len(y_train) / (len(counts) * n)) for c, n in enumerate(counts)}
+        class_weight = {c: float(min(len(y_train) / (len(counts) * max(n, 1)), CLASS_WEIGHT_CAP))
+                        for c, n in enumerate(counts)}
         _log(f"balance ratio {ratio:.3f} < {IMBALANCE_RATIO}: class weights {class_weight}")
     else:
         _log(f"balance ratio {ratio:.3f} >= {IMBALANCE_RATIO}: no class weights")
@@ -122,7 +221,7 @@ def run_training(
     cfg = replace(cfg, compute=cnn.resolve_compute(compute, gpus))
     _log(f"TensorFlow sees {len(gpus)} GPU(s)" + (f": {gpus}" if gpus else "; training on CPU")
          + f"; {cfg.compute} arithmetic")
-    model = cnn.build_model(len(index.classes), spec.size, cfg)
+    model = cnn.build_model(len(classes), spec.size, cfg)
     flops = cnn.count_flops(model)
     _log(f"model: {model.count_params():,} parameters, {flops / 1e9:.3f} GFLOPs per picture")
     t_fit = time.monotonic()
@@ -133,19 +232,28 @@ def run_training(
         model = cnn.float32_copy(model, cfg)  # evaluated, exported and saved in float32
 
     proba = cnn.predict(model, x_test)
-    metrics = evaluate(y_test, proba, list(index.classes))
+    metrics = evaluate(y_test, proba, classes)
     _log("test: " + summary_line(metrics))
+    # Each dataset's own test split, scored alone: accuracy over all of them hides the close-ups
+    # behind the street faces and the rare class behind both.
+    per_dataset = {}
+    if len(parts) > 1:
+        for p in parts:
+            xp, yp, _ = stack("test", [p])
+            m = evaluate(yp, cnn.predict(model, xp), classes)
+            per_dataset[p.name] = m
+            _log(f"test, {p.name} alone: " + summary_line(m) + "; recall "
+                 + ", ".join(f"{c} {v['recall']:.3f}" for c, v in m["per_class"].items()
+                             if v["support"]))
 
     out.mkdir(parents=True, exist_ok=True)
-    names = [infos[k].relpath for k in split.test]
     plots.plot_history(history, out / "history.png")
-    plots.plot_confusion(metrics["confusion"]["rows_true_cols_pred"], list(index.classes),
+    plots.plot_confusion(metrics["confusion"]["rows_true_cols_pred"], classes,
                          out / "confusion.png")
     plots.plot_calibration(metrics["calibration_bins"], metrics["ece"], out / "calibration.png")
-    plots.plot_errors(x_test, y_test, proba, list(index.classes), names, out / "errors.png")
+    plots.plot_errors(x_test, y_test, proba, classes, test_names, out / "errors.png")
 
-    onnx_path = export.export_onnx(model, out / "model.onnx", classes=list(index.classes),
-                                   spec=spec)
+    onnx_path = export.export_onnx(model, out / "model.onnx", classes=classes, spec=spec)
     parity = export.check_parity(model, onnx_path, x_test)
     _log(f"parity on {parity['n']} test pictures: max abs diff {parity['max_abs_diff']:.2e}, "
          f"labels identical: {parity['labels_identical']}")
@@ -154,20 +262,25 @@ def run_training(
     if parity["passed"]:
         from maskcore.quantize import make_int8_variant
 
-        int8 = make_int8_variant(onnx_path, x_train, x_test, y_test, list(index.classes), log=_log)
+        int8 = make_int8_variant(onnx_path, x_train, x_test, y_test, classes, log=_log)
 
-    fingerprint = hashlib.sha256("\n".join(sorted({i.sha256 for i in infos if i.sha256}))
-                                 .encode()).hexdigest()
-    (out / "split.json").write_text(json.dumps(
-        {"seed": seed, "shares": {"val": val, "test": test}, "sizes": split.sizes(),
-         "hashes": split.hashes}, indent=1) + "\n")
-    (out / "audit.json").write_text(json.dumps(report, indent=2) + "\n")
-    report_doc = {"test": metrics, "parity": parity, "history": history,
-                  "best_epoch": best_epoch, "class_weight": class_weight, "int8": int8}
+    folder_parts = [p for p in parts if p.kind == "folders"]
+    split_doc: dict[str, Any] = {}
+    if len(folder_parts) == 1:  # the record `maskcore quantize` rebuilds the split from
+        split_doc.update(records[folder_parts[0].name]["split"])
+    split_doc["datasets"] = {p.name: p.record for p in parts}
+    (out / "split.json").write_text(json.dumps(split_doc, indent=1) + "\n")
+    (out / "audit.json").write_text(json.dumps(
+        {name: rec["audit"] for name, rec in records.items()}, indent=2) + "\n")
+    report_doc = {"test": metrics, "test_per_dataset": per_dataset, "parity": parity,
+                  "history": history, "best_epoch": best_epoch, "class_weight": class_weight,
+                  "int8": int8}
     (out / "report.json").write_text(json.dumps(report_doc, indent=2) + "\n")
+    training_data = (dict(folder_parts[0].record) if len(parts) == 1 and folder_parts
+                     else {"datasets": [p.record for p in parts]})
 
     card = ModelCard(
-        classes=list(index.classes),
+        classes=classes,
         preprocess=spec,
         onnx_file="model.onnx",
         onnx_sha256=file_sha256(onnx_path),
@@ -179,16 +292,15 @@ def run_training(
             "parameters": int(model.count_params()),
             "gflops_per_picture": round(flops / 1e9, 4),
             "opset": export.OPSET,
-            "training_data": {
-                "root": str(index.root),
-                "fingerprint": fingerprint,
-                "files": len(infos),
-                "unreadable": len(report["unreadable"]),
-                "redundant_copies": report["duplicates"]["redundant_copies"],
-                "split_sizes": split.sizes(),
-            },
+            "training_data": training_data,
+            "face_crop": {"margin": crop_margin,
+                          "rule": "maskcore.preprocess.face_region: the box grown by margin on "
+                                  "each side, made square, clipped to the picture"},
             "metrics": {k: metrics[k] for k in ("accuracy", "macro_f1", "roc_auc", "ece", "errors",
                                                 "n", "per_class")},
+            "metrics_per_dataset": {
+                name: {k: m[k] for k in ("accuracy", "macro_f1", "errors", "n", "per_class")}
+                for name, m in per_dataset.items()},
             "parity": parity,
             "training": {
                 "config": {**asdict(replace(cfg)), "widths": list(cfg.widths)},
@@ -240,7 +352,8 @@ SHORT_HELP = "Train, evaluate and export a model to ONNX with its card."
 
 
 @click.command(short_help=SHORT_HELP)
-@click.argument("data_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("data_dirs", nargs=-1, required=True,
+                type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for model.onnx, model.json, model.keras, report.json and plots.")
 @click.option("--epochs", default=40, show_default=True,
@@ -267,11 +380,22 @@ SHORT_HELP = "Train, evaluate and export a model to ONNX with its card."
               type=click.Choice(["auto", "fp32", "bf16"]),
               help="Training arithmetic. bf16 is about twice as fast on CPUs with bfloat16 "
                    "instructions (auto picks it there); the model is exported in float32.")
+@click.option("--crop-margin", default=DEFAULT_MARGIN, show_default=True,
+              type=click.FloatRange(0, 1),
+              help="Box datasets: share of a box's size added on each side of a face crop "
+                   "(recorded in the card; the per-face stage cuts detected faces the same way).")
 @click.option("--widths", default=None, callback=lambda ctx, p, v: _widths(v),
               help="Conv block widths, comma-separated [default: 32,64,128,256,256]; each "
                    "block but the last halves the side.")
-def train(data_dir: Path, out: Path, **options: Any) -> None:
-    """Train the face-mask CNN on DATA_DIR (one sub-folder per class) and export it to ONNX.
+def train(data_dirs: tuple[Path, ...], out: Path, **options: Any) -> None:
+    """Train the face-mask CNN on DATA_DIRS and export it to ONNX.
+
+    \b
+    Each DATA_DIR is either folder-per-class (close-ups: one sub-folder per class)
+    or a box dataset (images/ and annotations/ with Pascal VOC files, like the
+    shared face-mask-scenes): every box is cut as the per-face stage cuts a
+    detected face, and the faces of one picture stay in one split. Classes are
+    united in the order with_mask, without_mask, mask_weared_incorrect, others.
 
     \b
     Writes into --out:
@@ -281,4 +405,4 @@ def train(data_dir: Path, out: Path, **options: Any) -> None:
       history.png, confusion.png, calibration.png, errors.png
     Fails (exit 2) if the dataset cannot be trained on or the ONNX parity check fails.
     """
-    run_command(run_training, data_dir, out, **options)
+    run_command(run_training, list(data_dirs), out, **options)

@@ -40,9 +40,9 @@ def bucket(s3_client):
     return s3_client
 
 
-def _rows(out: Path) -> list[dict]:
+def _rows(out: Path, name: str = "manifest.jsonl") -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if k != "processed_at"}
-            for line in (out / "manifest.jsonl").read_text().splitlines()]
+            for line in (out / name).read_text().split("\n") if line]
 
 
 @pytest.mark.slow
@@ -58,6 +58,10 @@ def test_ray_rows_equal_local_rows_on_s3(bucket, ray_env, tmp_path, model_path):
     local, ray_rows = _rows(outs["local"]), _rows(outs["ray"])
     assert len(ray_rows) == 200
     assert ray_rows == local
+    # face by face: the same boxes, labels and scores
+    local_faces, ray_faces = _rows(outs["local"], "faces.jsonl"), _rows(outs["ray"], "faces.jsonl")
+    assert ray_faces == local_faces
+    assert len(ray_faces) == sum(r["faces"] or 0 for r in ray_rows) > 0
     assert {key_of(r): r["status"] for r in ray_rows} == expected
     summary = json.loads((outs["ray"] / "summary.json").read_text())
     assert summary["runner"] == "ray" and summary["ray_cluster"]["CPU"] >= 2

@@ -167,6 +167,11 @@ def test_kill_9_and_restart_loses_and_repeats_nothing(bucket, model_path):
     keys = [key_of(r) for r in rows]
     assert len(keys) == len(set(keys)) == 200  # nothing lost, nothing recorded twice
     assert {key_of(r): r["status"] for r in manifest(bucket)} == expected
+    # and exactly one row per face: the consolidated faces match the pictures' counts
+    faces = [json.loads(x) for x in bucket.get_object(Bucket=BUCKET, Key="results/faces.jsonl")
+             ["Body"].read().decode().split("\n") if x]
+    ids = [(f["source"], f["face"]) for f in faces]
+    assert len(ids) == len(set(ids)) == sum(r["faces"] or 0 for r in manifest(bucket)) > 0
 
 
 def _parts(client) -> list[str]:

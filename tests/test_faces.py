@@ -1,0 +1,220 @@
+"""The per-face stage: the detector's decoding, boxes in the original picture's pixels (EXIF
+orientation included), the fallback to the whole picture, the rows, and the evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from maskcore.cli import main
+from maskcore.detector import DetectorSpec, FaceDetector, _anchors, decode_boxes, nms
+from maskcore.evaluate import evaluate_run, iou_matrix
+from maskcore.preprocess import crop_face, decode, face_region
+from tests.conftest import EXAMPLES
+from tests.helpers import encode, gradient
+
+FACE = EXAMPLES / "without_mask_0.jpg"  # a close-up: one face filling most of the frame
+
+
+@pytest.fixture(scope="module")
+def detector() -> FaceDetector:
+    return FaceDetector(device="cpu", threads=1)
+
+
+@pytest.fixture(scope="module")
+def face_box(detector) -> np.ndarray:
+    """Where the detector puts the face within the close-up itself (its own coordinates)."""
+    face = Image.open(FACE).convert("RGB")
+    found = detector.detect([face])[0]
+    assert len(found) == 1, f"the close-up should hold exactly one face, found {len(found)}"
+    return found.xyxy[0]
+
+
+def scene(placements: list[tuple[int, int, int]], size: tuple[int, int] = (800, 520)
+          ) -> Image.Image:
+    """A plain street-like canvas with the close-up pasted at (x, y) scaled to width w."""
+    im = gradient(*size, seed=3)
+    im = Image.blend(im, Image.new("RGB", size, (120, 120, 120)), 0.8)
+    face = Image.open(FACE).convert("RGB")
+    for x, y, w in placements:
+        h = round(face.height * w / face.width)
+        im.paste(face.resize((w, h)), (x, y))
+    return im
+
+
+def expected_boxes(face_box: np.ndarray, placements: list[tuple[int, int, int]]) -> np.ndarray:
+    face = Image.open(FACE)
+    out = []
+    for x, y, w in placements:
+        s = w / face.width
+        out.append([x + face_box[0] * s, y + face_box[1] * s, x + face_box[2] * s,
+                    y + face_box[3] * s])
+    return np.array(out, np.float32)
+
+
+PLACES = [(40, 60, 160), (420, 40, 96), (600, 300, 64), (250, 330, 120)]
+
+
+def _check(found: np.ndarray, want: np.ndarray) -> None:
+    assert len(found) == len(want), (found, want)
+    iou = iou_matrix(found, want)
+    assert (iou.max(axis=0) >= 0.7).all(), iou  # every pasted face found where it was pasted
+
+
+def test_pasted_faces_are_found_where_they_were_pasted(detector, face_box):
+    im = scene(PLACES)
+    found = detector.detect([im])[0]
+    _check(found.xyxy, expected_boxes(face_box, PLACES))
+    assert (found.score >= detector.spec.score_threshold).all()
+
+
+@pytest.mark.parametrize("orientation, transpose", [(6, Image.Transpose.ROTATE_90),
+                                                    (8, Image.Transpose.ROTATE_270)])
+def test_boxes_are_in_the_upright_picture_of_an_exif_rotated_file(detector, face_box, tmp_path,
+                                                                  orientation, transpose):
+    """The file stores the picture turned a quarter and says so in EXIF: boxes must come out in
+    the upright picture's pixels, as the viewer sees it (and as the rows give width/height)."""
+    upright = scene(PLACES)
+    stored = upright.transpose(transpose)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(stored, "JPEG", quality=95, exif=exif.tobytes())
+    pic = decode(data)
+    assert (pic.width, pic.height) == upright.size
+    found = detector.detect([pic.image], [pic.factor], [(pic.width, pic.height)])[0]
+    _check(found.xyxy, expected_boxes(face_box, PLACES))
+    # and through the whole job: the face rows carry the same boxes
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "rotated.jpg").write_bytes(data)
+    r = CliRunner().invoke(main, ["batch", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                                  "--workers", "0", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in (tmp_path / "out" / "faces.jsonl").read_text().split("\n")
+            if x]
+    boxes = np.array([[f["x0"], f["y0"], f["x1"], f["y1"]] for f in rows], np.float32)
+    _check(boxes, expected_boxes(face_box, PLACES))
+
+
+def test_a_shrunk_jpeg_maps_boxes_back_to_original_pixels(detector, face_box):
+    """A large JPEG is decoded at 1/2 or 1/4 scale (draft); boxes are still original pixels."""
+    places = [(400, 300, 640), (2000, 900, 480)]
+    big = scene(places, size=(3200, 2000))
+    pic = decode(encode(big, "JPEG", quality=92), draft=detector.spec.canvas)
+    assert pic.factor > 1.5  # the decoder did shrink it
+    found = detector.detect([pic.image], [pic.factor], [(pic.width, pic.height)])[0]
+    _check(found.xyxy, expected_boxes(face_box, places))
+
+
+def test_decoding_and_nms_on_made_up_network_output():
+    """Box codes of zero put a box exactly on its anchor; NMS keeps the better of two twins."""
+    spec = DetectorSpec(canvas=64, score_threshold=0.5)
+    anchors = _anchors(spec, 64, 96)
+    loc = np.zeros((len(anchors), 4), np.float32)
+    score = np.zeros(len(anchors), np.float32)
+    # Two anchors of one cell in the middle of the canvas: sizes 16 and 32, the same centre.
+    a = int(np.flatnonzero((anchors[:, 0] == 36) & (anchors[:, 1] == 28)
+                           & (anchors[:, 2] == 16))[0])
+    b = a + 1
+    assert anchors[b, 2] == 32 and (anchors[b, :2] == anchors[a, :2]).all()
+    score[a], score[b] = 0.9, 0.8
+    found = decode_boxes(loc, score, spec, scale=0.5, size=(192, 128), canvas=(64, 96))
+    cx, cy, w, h = anchors[a]
+    assert len(found) == 2  # IoU of a 16 px box inside a 32 px one is 0.25: both stay
+    np.testing.assert_allclose(found.xyxy[0], np.array([cx - w / 2, cy - h / 2, cx + w / 2,
+                                                        cy + h / 2]) / 0.5, atol=1e-4)
+    twins = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], np.float32)
+    assert list(nms(twins, np.array([0.7, 0.9, 0.8], np.float32), 0.4)) == [1, 2]
+
+
+def test_a_picture_without_faces_is_classified_whole(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "plain.png").write_bytes(encode(gradient(300, 200, seed=5)))
+    rows = {}
+    for mode in ("auto", "off"):
+        r = CliRunner().invoke(main, ["batch", str(tmp_path / "in"), "--out",
+                                      str(tmp_path / mode), "--faces", mode, "--workers", "0",
+                                      "--no-progress"])
+        assert r.exit_code == 0, r.output
+        rows[mode] = json.loads((tmp_path / mode / "manifest.jsonl").read_text())
+    assert rows["auto"]["faces"] == 0 and rows["off"]["faces"] is None
+    assert rows["auto"]["label"] == rows["off"]["label"]
+    for c, p in rows["off"]["probabilities"].items():
+        assert abs(rows["auto"]["probabilities"][c] - p) < 0.02  # decoded at another draft size
+    assert (tmp_path / "auto" / "faces.jsonl").read_text() == ""
+
+
+def test_picture_verdict_is_its_most_serious_face(tmp_path):
+    """A masked and an unmasked face in one picture: the picture says without_mask."""
+    masked = Image.open(EXAMPLES / "with_mask_2.jpg").convert("RGB").resize((150, 198))
+    bare = Image.open(FACE).convert("RGB").resize((150, 149))
+    im = Image.new("RGB", (520, 300), (110, 110, 110))
+    im.paste(masked, (30, 40))
+    im.paste(bare, (320, 60))
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "two.png").write_bytes(encode(im))
+    r = CliRunner().invoke(main, ["batch", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                                  "--workers", "0", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    row = json.loads((tmp_path / "out" / "manifest.jsonl").read_text())
+    faces = [json.loads(x) for x in (tmp_path / "out" / "faces.jsonl").read_text().split("\n")
+             if x]
+    labels = sorted(f["label"] for f in faces)
+    assert labels == ["with_mask", "without_mask"], faces
+    assert row["label"] == "without_mask" and row["faces"] == 2
+    assert row["face_counts"] == {"with_mask": 1, "without_mask": 1}
+
+
+def test_crop_region_is_square_around_the_box_and_clipped():
+    assert face_region((10, 20, 30, 60), 200, 200, 0.0) == (0, 20, 40, 60)
+    assert face_region((10, 20, 30, 60), 200, 200, 0.5) == (0, 0, 60, 80)
+    x0, y0, x1, y1 = face_region((190, 190, 260, 260), 200, 200, 0.1)
+    assert (x1, y1) == (200, 200) and x0 < x1 and y0 < y1
+    pic = decode(encode(gradient(120, 90)))
+    assert crop_face(pic, (10, 10, 40, 50)).shape == (128, 128, 3)
+
+
+def _voc(path: Path, name: str, size: tuple[int, int], boxes: list[tuple[str, list[float]]]
+         ) -> None:
+    objs = "".join(
+        f"<object><name>{label}</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
+        f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for label, b in boxes)
+    path.write_text(f"<annotation><filename>{name}</filename><size><width>{size[0]}</width>"
+                    f"<height>{size[1]}</height></size>{objs}</annotation>")
+
+
+def test_evaluate_scores_a_run_against_voc_boxes(tmp_path, face_box):
+    images, ann = tmp_path / "data" / "images", tmp_path / "data" / "annotations"
+    images.mkdir(parents=True)
+    ann.mkdir()
+    want = expected_boxes(face_box, PLACES)
+    scene(PLACES).save(images / "a.png")
+    _voc(ann / "a.xml", "a.png", (800, 520), [("without_mask", list(map(float, b)))
+                                             for b in want])
+    gradient(200, 150).save(images / "empty.png")
+    _voc(ann / "empty.xml", "empty.png", (200, 150), [])
+    r = CliRunner().invoke(main, ["batch", str(images), "--out", str(tmp_path / "out"),
+                                  "--workers", "0", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    report = evaluate_run(tmp_path / "out", tmp_path / "data")
+    assert report["pictures"] == 2 and report["boxed_faces"] == 4
+    assert report["detection"]["recall"] == 1.0
+    assert report["detection"]["false_boxes_per_picture"] == 0.0
+    faces = [json.loads(x) for x in (tmp_path / "out" / "faces.jsonl").read_text().split("\n")
+             if x and json.loads(x)["source"] == "a.png"]
+    bare = sum(f["label"] == "without_mask" for f in faces)
+    assert report["labels"]["matched_faces"] == 4
+    assert report["labels"]["per_class"]["without_mask"]["recall"] == bare / 4
+    said = json.loads((tmp_path / "out" / "manifest.jsonl").read_text().split("\n")[0])
+    assert said["source"] == "a.png"
+    # one picture with unmasked faces, one without any face
+    assert report["verdict"]["recall"] == float(said["label"] == "without_mask")
+    r = CliRunner().invoke(main, ["evaluate", str(tmp_path / "out"), "--boxes",
+                                  str(tmp_path / "data")])
+    assert r.exit_code == 0 and "recall, faces >= 32 px" in r.output
+    r = CliRunner().invoke(main, ["evaluate", str(tmp_path / "nowhere"), "--boxes", str(ann)])
+    assert r.exit_code == 2 and "no manifest.jsonl" in r.output
