@@ -44,8 +44,9 @@ install-inference: $(INFER_STAMP)  ## create .venv with the inference side only 
 test: $(ALL_STAMP)  ## run the test suite
 	$(PY) -m pytest $(ARGS)
 
-lint: $(ALL_STAMP)  ## ruff over the code
+lint: $(ALL_STAMP)  ## ruff over the code, mypy (strict) over the library
 	$(BIN)/ruff check maskcore jobs tests
+	$(BIN)/mypy
 
 audit: $(INFER_STAMP)  ## audit a folder-per-class dataset: make audit DATA=dir
 	$(BIN)/maskcore audit $(firstword $(DATA)) $(ARGS)

@@ -54,7 +54,7 @@ def run_batch(
     """
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
-    source = open_source(input_spec)
+    source = open_source(input_spec, exclude=out)
     if isinstance(source, S3Store):
         source.check()
     if runner == "ray":
@@ -72,8 +72,10 @@ def run_batch(
                    f"canvas {analyzer.detector.spec.canvas} px)", err=True)
     refs = list(source.list())
     skipped = source.hidden_skipped if isinstance(source, LocalSource) else 0
+    own = source.excluded if isinstance(source, LocalSource) else 0
     click.echo(f"{len(refs):,} files under {source.describe()}"
-               + (f" ({skipped} hidden skipped)" if skipped else ""), err=True)
+               + (f" ({skipped} hidden skipped)" if skipped else "")
+               + (f" ({own} in the output folder {out} left out)" if own else ""), err=True)
     writer = ManifestWriter(out, engine.classes, formats)
     bar = Progress(len(refs), "pictures", enabled=show_progress)
     cluster: dict[str, float] = {}

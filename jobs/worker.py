@@ -10,7 +10,13 @@ from typing import Any
 
 import click
 
-from maskcore.cli import ray_options_decorator, ray_options_from, run_command, serving_options
+from maskcore.cli import (
+    Finite,
+    ray_options_decorator,
+    ray_options_from,
+    run_command,
+    serving_options,
+)
 from maskcore.faces import FaceOptions, open_analyzer
 from maskcore.settings import DEFAULTS
 from maskcore.worker import Worker, WorkerConfig, log_event, parse_shard
@@ -51,16 +57,16 @@ SHORT_HELP = "Watch an S3 prefix and classify what lands (--once: one pass)."
 @click.option("--once", is_flag=True, envvar="MASKCORE_ONCE", show_envvar=True,
               help="One pass over everything not yet done, consolidate, exit (the nightly run).")
 @click.option("--poll-interval", default=10.0, show_default=True, envvar="MASKCORE_POLL_INTERVAL",
-              show_envvar=True, type=click.FloatRange(0.1), help="Seconds between listings.")
+              show_envvar=True, type=Finite(0.1, 86400), help="Seconds between listings.")
 @click.option("--max-wait", default=2.0, show_default=True, envvar="MASKCORE_MAX_WAIT",
-              show_envvar=True, type=click.FloatRange(0),
+              show_envvar=True, type=Finite(0, 3600),
               help="Seconds a partial batch waits for more pictures before it is sent.")
 @click.option("--reprocess", is_flag=True, envvar="MASKCORE_REPROCESS", show_envvar=True,
               help="Classify everything again, done or not (after a model change, say).")
 @click.option("--shard", default=None, envvar="MASKCORE_SHARD", show_envvar=True,
               help="I/N: take only the keys whose hash falls in shard I of N (run N workers).")
 @click.option("--consolidate-every", default=300.0, show_default=True,
-              envvar="MASKCORE_CONSOLIDATE_EVERY", show_envvar=True, type=click.FloatRange(1),
+              envvar="MASKCORE_CONSOLIDATE_EVERY", show_envvar=True, type=Finite(1, 86400),
               help="Seconds between refreshes of the consolidated manifest when watching.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar [default: only on a terminal].")

@@ -7,6 +7,7 @@ never pays for, or needs, the training side's TensorFlow.
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 from typing import Any
 
@@ -14,7 +15,7 @@ import click
 
 from maskcore.errors import MaskcoreError
 
-__all__ = ["main", "run_command"]
+__all__ = ["Finite", "main", "run_command", "serving_options"]
 
 # name -> "module:attribute" of a click command.
 COMMANDS: dict[str, str] = {
@@ -38,7 +39,8 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module, attr = target.split(":")
-        return getattr(importlib.import_module(module), attr)
+        command: click.Command = getattr(importlib.import_module(module), attr)
+        return command
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -52,6 +54,20 @@ def main() -> None:
     (worker).
     Every command has --help.
     """
+
+
+class Finite(click.FloatRange):
+    """A float range that also refuses nan and inf (``FloatRange`` lets nan through, and a nan
+    threshold or poll interval breaks a run quietly)."""
+
+    name = "finite float range"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 def serving_options(fn: Any) -> Any:
@@ -87,7 +103,7 @@ def serving_options(fn: Any) -> Any:
                      help="Decode processes [default: all cores; 0 decodes in threads]."),
         click.option("--threshold", default=DEFAULTS.threshold, show_default=True,
                      envvar="MASKCORE_THRESHOLD", show_envvar=True,
-                     type=click.FloatRange(0, 1),
+                     type=Finite(0, 1),
                      help="A face or picture whose top probability is below this is labelled "
                           "'uncertain'."),
     ]

@@ -174,8 +174,9 @@ def audit(index: DatasetIndex, infos: list[FileInfo]) -> dict[str, Any]:
     per_class = Counter(i.label for i in infos)
     counts = {name: per_class.get(k, 0) for k, name in enumerate(index.classes)}
     readable = [i for i in infos if not i.error]
-    nonzero = [c for c in counts.values()]
-    balance = (min(nonzero) / max(nonzero)) if nonzero and max(nonzero) else 0.0
+    nonzero: list[int] = list(counts.values())
+    top = max(nonzero, default=0)
+    balance = min(nonzero) / top if top else 0.0
     by_hash: dict[str, list[FileInfo]] = defaultdict(list)
     for i in infos:
         if i.sha256:

@@ -62,7 +62,8 @@ class Detections:
 
     @property
     def widths(self) -> np.ndarray:
-        return self.xyxy[:, 2] - self.xyxy[:, 0]
+        out: np.ndarray = self.xyxy[:, 2] - self.xyxy[:, 0]
+        return out
 
 
 @dataclass(frozen=True)
@@ -123,8 +124,8 @@ class FaceDetector:
             nms_iou=float(spec.get("nms_iou", 0.4)),
             min_face=float(spec.get("min_face", 0.0)),
             max_faces=int(spec.get("max_faces", 200)),
-            mean_bgr=tuple(spec.get("mean_bgr", (104.0, 117.0, 123.0))),  # type: ignore[arg-type]
-            box_adjust=tuple(spec.get("box_adjust", (1.0, 1.0, 0.0, 0.0))),  # type: ignore[arg-type]
+            mean_bgr=tuple(spec.get("mean_bgr", (104.0, 117.0, 123.0))),
+            box_adjust=tuple(spec.get("box_adjust", (1.0, 1.0, 0.0, 0.0))),
         ), **overrides)
         self.path = path.parent / meta["onnx_file"]
         if not self.path.is_file():

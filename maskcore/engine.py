@@ -153,7 +153,8 @@ class Engine:
                 batch = np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]),
                                                         batch.dtype)])
         feed = {self.card.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
-        return self.session.run([self.card.output_name], feed)[0][:n]
+        proba: np.ndarray = self.session.run([self.card.output_name], feed)[0][:n]
+        return proba
 
     # --- set-up -----------------------------------------------------------------------------
 

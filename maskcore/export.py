@@ -34,7 +34,7 @@ def export_onnx(
     h, w = spec.size
     signature = [tf.TensorSpec([None, h, w, 3], tf.float32, name=INPUT_NAME)]
 
-    @tf.function(input_signature=signature)
+    @tf.function(input_signature=signature)  # type: ignore[untyped-decorator]  # TensorFlow's
     def serve(image: tf.Tensor) -> tf.Tensor:
         return model(image, training=False)
 

@@ -211,7 +211,8 @@ class RowBuilder:
 def split_faces(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]],
                                                           list[dict[str, Any]]]:
     """Picture rows without their face rows, and all the face rows, in order."""
-    pictures, faces = [], []
+    pictures: list[dict[str, Any]] = []
+    faces: list[dict[str, Any]] = []
     for row in rows:
         row = dict(row)
         faces += row.pop(FACE_ROWS, None) or []
@@ -259,7 +260,7 @@ def rows_to_csv(rows: Iterable[dict[str, Any]], classes: list[str],
     """Rows as CSV bytes, with a header."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=csv_header(classes, extra_fields, fields),
-                       lineterminator="\n")
+                       lineterminator="\r\n")
     w.writeheader()
     for r in rows:
         w.writerow({k: csv_safe(v) for k, v in _csv_record(r, classes).items()})
@@ -323,8 +324,10 @@ class _Table:
             self._jsonl = self._open(f"{name}.jsonl")
         if "csv" in formats:
             fh = self._open(f"{name}.csv")
+            # RFC 4180 line ends: the csv module quotes a cell holding any character of the
+            # line terminator, so a carriage return in a file name is quoted, not a new record.
             self._csv = csv.DictWriter(fh, fieldnames=csv_header(classes, extra_fields, fields),
-                                       lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+                                       lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
             self._csv.writeheader()
 
     def _open(self, final: str) -> Any:

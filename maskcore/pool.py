@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import signal
+import sys
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
@@ -32,13 +34,34 @@ def make_pool(workers: int, initializer: Callable[..., None] | None = None,
     if workers <= 0:
         return ThreadPoolExecutor(max_workers=2)
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_start_process, initargs=(initializer, initargs))
+                               initializer=_start_process,
+                               initargs=(os.getpid(), initializer, initargs))
 
 
-def _start_process(initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:
+def _start_process(parent: int, initializer: Callable[..., None] | None,
+                   initargs: tuple[Any, ...]) -> None:
     _ignore_signals()
+    _die_with_parent(parent)
     if initializer is not None:
         initializer(*initargs)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to kill this process when its parent dies (``PR_SET_PDEATHSIG``).
+
+    Decode processes ignore SIGTERM and SIGINT (below), so a parent killed with SIGKILL would
+    otherwise leave them behind for good. Elsewhere than Linux the pool's own pipes end them
+    once they next wait for work.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the call: nobody will send the signal
+        os._exit(1)
 
 
 def _ignore_signals() -> None:

@@ -223,8 +223,8 @@ def decode(data: bytes, spec: PreprocessSpec = DEFAULT_SPEC, *, draft: int | Non
             if draft is not None and fmt in ("JPEG", "MPO"):
                 # Keep at least the target on both sides whatever the orientation turns out to be.
                 im.draft("RGB", (draft, draft))
-            im = ImageOps.exif_transpose(im) or im
-            rgb = _to_rgb(im, spec.background)
+            upright: Image.Image = ImageOps.exif_transpose(im) or im
+            rgb = _to_rgb(upright, spec.background)
             rgb.load()
     except ImageDecodeError:
         raise
@@ -245,7 +245,8 @@ def to_input(image: Image.Image, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndar
     if image.size != (out_w, out_h):
         image = image.resize((out_w, out_h), _RESAMPLE[spec.resample])
     pixels = np.asarray(image, dtype=np.uint8)
-    return pixels.astype(np.float32) * np.float32(spec.scale)
+    out: np.ndarray = pixels.astype(np.float32) * np.float32(spec.scale)
+    return out
 
 
 def face_region(box: Sequence[float], width: int, height: int, margin: float

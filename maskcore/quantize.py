@@ -44,7 +44,7 @@ CALIBRATION_PICTURES = 300
 MIN_AGREEMENT = 0.995
 
 
-class _Batches(CalibrationDataReader):
+class _Batches(CalibrationDataReader):  # type: ignore[misc]  # untyped base (onnxruntime)
     """Feeds calibration pictures to ``quantize_static`` in batches."""
 
     def __init__(self, x: np.ndarray, batch_size: int) -> None:

@@ -67,8 +67,9 @@ def decode_batch(batch: dict[str, np.ndarray], source: Source, spec: PreprocessS
     Each decoded item travels pickled in a binary column (its pixels are a whole picture or a
     model input, whichever the face stage needs; Arrow has no column type for either).
     """
-    refs = [Ref(source=str(s), key=str(k), etag=str(e))
-            for s, k, e in zip(batch["source"], batch["key"], batch["etag"], strict=True)]
+    refs = [Ref(source=str(s), key=str(k), etag=str(e), size=int(n), problem=str(p))
+            for s, k, e, n, p in zip(batch["source"], batch["key"], batch["etag"], batch["size"],
+                                     batch["problem"], strict=True)]
     items, _ = decode_refs(source, refs, spec, faces)
     return {"order": batch["order"],
             "item": np.array([pickle.dumps(it) for it in items], dtype=object)}
@@ -167,8 +168,8 @@ def classify_ray(
         resources = {k: float(v) for k, v in ray.cluster_resources().items()
                      if k in ("CPU", "GPU", "memory")}
         _check_resources(resources, options)
-        items = [{"order": i, "source": r.source, "key": r.key, "etag": r.etag}
-                 for i, r in enumerate(refs)]
+        items = [{"order": i, "source": r.source, "key": r.key, "etag": r.etag,
+                  "size": r.size, "problem": r.problem} for i, r in enumerate(refs)]
         if not items:
             return times, resources
         ctx = ray.data.DataContext.get_current()

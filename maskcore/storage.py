@@ -9,12 +9,13 @@ MinIO, Ceph or a local server among them) and retries throttling and 5xx answers
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from maskcore.errors import StorageError
+from maskcore.errors import StorageError, UsageError
 
 #: Every error about reading an object starts so; the worker retries those on its next pass.
 READ_ERROR_PREFIX = "cannot read"
@@ -30,6 +31,7 @@ class Ref:
     key: str  # how the source reads it: an absolute path, or an object key
     etag: str = ""  # S3 only: the object's ETag, without quotes
     size: int = 0
+    problem: str = ""  # set by a listing that already knows the object cannot be read
 
 
 class Source(Protocol):
@@ -48,51 +50,149 @@ class Source(Protocol):
         ...
 
 
-class LocalSource:
-    """A folder (recursive, following symlinks, skipping hidden entries) or a single file."""
+#: Objects larger than this are refused before a byte is read (an error row): far above any
+#: real picture, low enough that a stray disk image or video cannot exhaust a decode process.
+#: ``$MASKCORE_MAX_BYTES`` changes it.
+MAX_BYTES = 256 * 2**20
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+
+def max_bytes() -> int:
+    """The size limit in force (``$MASKCORE_MAX_BYTES`` or :data:`MAX_BYTES`)."""
+    raw = os.environ.get("MASKCORE_MAX_BYTES")
+    if not raw:
+        return MAX_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UsageError(f"MASKCORE_MAX_BYTES={raw!r}: takes a whole number of bytes") from None
+    if value < 1:
+        raise UsageError(f"MASKCORE_MAX_BYTES={raw!r}: must be positive")
+    return value
+
+
+def walk_files(root: Path) -> tuple[list[tuple[Path, str]], int]:
+    """Every non-hidden entry under ``root`` that is not a folder, as (path, why-not-readable);
+    unreadable folders are listed too, with the reason. Iterative (any depth), symlinks to
+    folders followed once each (a loop is walked once). Returns the entries, sorted, and how
+    many hidden entries were skipped.
+
+    Folder-per-class training and the local source both walk with this.
+    """
+    out: list[tuple[Path, str]] = []
+    hidden = 0
+    seen: set[tuple[int, int]] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            st = folder.stat()
+            if (st.st_dev, st.st_ino) in seen:  # a symlink loop: each folder once
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            out.append((folder, f"cannot read folder: {exc.strerror or exc}"))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                hidden += 1
+                continue
+            path = Path(entry.path)
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                stack.append(path)
+            else:
+                out.append((path, ""))
+    out.sort(key=lambda e: os.fsencode(e[0]))
+    return out, hidden
+
+
+class LocalSource:
+    """A folder (recursive, following symlinks, skipping hidden entries) or a single file.
+
+    Anything that is not a regular file (a FIFO, a device, a socket, a broken link) and every
+    folder that cannot be read gets a ref whose read fails with the reason, so it becomes an
+    error row: nothing under the input is skipped without a word, and nothing can block a read.
+    File names are kept as the system gives them: bytes that are not UTF-8 stay as Python's
+    surrogate escapes and are written back as the same bytes.
+
+    Args:
+        path: the folder or file.
+        exclude: a folder not to list (the job's own output folder, when it lies inside).
+    """
+
+    def __init__(self, path: str | os.PathLike[str],
+                 exclude: str | os.PathLike[str] | None = None) -> None:
+        if str(path) == "":
+            raise UsageError("the input is empty: name a folder, a file or an s3:// prefix")
         self.path = Path(path)
         if not self.path.exists() and not self.path.is_symlink():
             raise StorageError(f"input not found: {path}")
+        self.exclude = Path(exclude).resolve() if exclude is not None else None
         self.hidden_skipped = 0
+        self.excluded = 0
 
     def describe(self) -> str:
         return str(self.path)
 
     def list(self) -> Iterator[Ref]:
         if not self.path.is_dir():
-            return iter([Ref(source=self.path.name, key=str(self.path.resolve()))])
-        refs = []
+            return iter([Ref(source=self.path.name, key=str(self.path.absolute()))])
         root = self.path
-        hidden = 0
-        seen_dirs: set[tuple[int, int]] = set()
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            st = os.stat(dirpath)
-            if (st.st_dev, st.st_ino) in seen_dirs:  # a symlink loop: walk each folder once
-                dirnames[:] = []
+        entries, self.hidden_skipped = walk_files(root)
+        refs = []
+        for full, problem in entries:
+            if self.exclude is not None and _inside(full, self.exclude):
+                self.excluded += 1
                 continue
-            seen_dirs.add((st.st_dev, st.st_ino))
-            hidden += sum(d.startswith(".") for d in dirnames)
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            for name in filenames:
-                if name.startswith("."):
-                    hidden += 1
-                    continue
-                full = Path(dirpath) / name
-                rel = full.relative_to(root).as_posix()
-                refs.append(Ref(source=rel, key=str(full)))
-        self.hidden_skipped = hidden
+            rel = full.relative_to(root).as_posix() or "."
+            refs.append(Ref(source=rel + ("/" if problem else ""), key=str(full.absolute()),
+                            problem=problem))
         return iter(sorted(refs))
 
     def read(self, ref: Ref) -> bytes:
+        if ref.problem:  # set by list() for a folder it could not read
+            raise StorageError(ref.problem)
+        path = Path(ref.key)
         try:
-            return Path(ref.key).read_bytes()
+            st = path.stat()
+            if not stat.S_ISREG(st.st_mode):
+                raise StorageError(f"cannot read: not a regular file ({_kind(st.st_mode)})")
+            limit = max_bytes()
+            if st.st_size > limit:
+                raise StorageError(f"too large: {st.st_size:,} bytes, over the limit of "
+                                   f"{limit:,} (MASKCORE_MAX_BYTES)")
+            # O_NONBLOCK: a file swapped for a FIFO after the check cannot block the open.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as fh:
+                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                    raise StorageError("cannot read: not a regular file")
+                return fh.read(limit + 1)[: limit + 1]
         except FileNotFoundError as exc:
-            what = "broken symbolic link" if Path(ref.key).is_symlink() else "file vanished"
+            what = "broken symbolic link" if path.is_symlink() else "file vanished"
             raise StorageError(f"cannot read: {what}") from exc
         except OSError as exc:
             raise StorageError(f"cannot read: {exc.strerror or exc}") from exc
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder)
+        return True
+    except ValueError:
+        return False
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "not a file"
 
 
 @dataclass(frozen=True)
@@ -129,9 +229,16 @@ def make_s3_client(**overrides: Any) -> Any:
     import boto3
     from botocore.config import Config
 
+    raw = os.environ.get("MASKCORE_S3_ATTEMPTS", "8")
+    try:
+        attempts = int(raw)
+    except ValueError:
+        raise UsageError(f"MASKCORE_S3_ATTEMPTS={raw!r}: takes a whole number (8 by default)"
+                         ) from None
+    if not 1 <= attempts <= 100:
+        raise UsageError(f"MASKCORE_S3_ATTEMPTS={raw!r}: takes 1 to 100")
     config = Config(
-        retries={"mode": "standard", "max_attempts": int(os.environ.get("MASKCORE_S3_ATTEMPTS",
-                                                                        "8"))},
+        retries={"mode": "standard", "max_attempts": attempts},
         connect_timeout=10,
         read_timeout=60,
         max_pool_connections=32,
@@ -197,6 +304,10 @@ class S3Store:
         return iter(sorted(refs))
 
     def read(self, ref: Ref) -> bytes:
+        limit = max_bytes()
+        if ref.size > limit:  # the listing knows the size: refuse before reading
+            raise StorageError(f"too large: {ref.size:,} bytes, over the limit of {limit:,} "
+                               "(MASKCORE_MAX_BYTES)")
         data, _ = self.get(ref.key)
         return data
 
@@ -248,8 +359,10 @@ def _reason(exc: Exception) -> str:
     return str(exc)
 
 
-def open_source(spec: str) -> LocalSource | S3Store:
-    """A source from what a user typed: an ``s3://`` URL, a folder or a file."""
+def open_source(spec: str, exclude: str | os.PathLike[str] | None = None
+                ) -> LocalSource | S3Store:
+    """A source from what a user typed: an ``s3://`` URL, a folder or a file (``exclude``: a
+    folder inside it not to list, such as the job's own output)."""
     if spec.startswith("s3://"):
         return S3Store(spec)
-    return LocalSource(spec)
+    return LocalSource(spec, exclude)

@@ -95,3 +95,16 @@ def copy_pictures(paths: list[Path], dest: Path) -> list[Path]:
 
 
 os.environ.setdefault("MASKCORE_TEST", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_process_left_behind() -> Iterator[None]:
+    """After the whole suite, no process started by the tests may still run."""
+    import psutil
+
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    yield
+    left = [p for p in me.children(recursive=True) if p.pid not in before]
+    _, alive = psutil.wait_procs(left, timeout=15)
+    assert not alive, f"processes left behind by the tests: {[(p.pid, p.cmdline()[:3]) for p in alive]}"

@@ -48,7 +48,7 @@ def seed(client, n_good: int, *, bad: bool = True, start: int = 0) -> dict[str, 
 
 def manifest(client) -> list[dict]:
     body = client.get_object(Bucket=BUCKET, Key="results/manifest.jsonl")["Body"].read()
-    return [json.loads(line) for line in body.decode().splitlines()]
+    return [json.loads(line) for line in body.decode().split("\n") if line]
 
 
 def part_rows(client) -> list[dict]:
@@ -58,7 +58,7 @@ def part_rows(client) -> list[dict]:
     for page in pages:
         for obj in page.get("Contents", []):
             body = client.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
-            rows += [json.loads(x) for x in body.decode().splitlines()]
+            rows += [json.loads(x) for x in body.decode().split("\n") if x]
     return rows
 
 

@@ -1,0 +1,142 @@
+"""Training from Pascal VOC box datasets: crops, the by-picture split, a 3-class model end to end,
+and a 2-class model still serving the per-face stage."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+from PIL import Image, ImageDraw
+
+from maskcore.boxdata import audit_boxes, load_box_dataset
+from maskcore.card import ModelCard
+from maskcore.cli import main
+from maskcore.decode import decode_refs
+from maskcore.detector import DetectorSpec
+from maskcore.preprocess import PreprocessSpec, crop_face
+from maskcore.storage import LocalSource
+from maskcore.voc import read_voc, split_of_digest
+from tests.helpers import encode
+from tests.test_train import FAST, make_dataset
+
+KINDS = {"with_mask": "disc", "without_mask": "square", "mask_weared_incorrect": "bar"}
+
+
+def _draw(d: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, int],
+          colour: tuple[int, int, int]) -> None:
+    x0, y0, x1, y1 = box
+    if kind == "disc":
+        d.ellipse(box, fill=colour)
+    elif kind == "square":
+        d.rectangle(box, fill=colour)
+    else:
+        d.rectangle((x0, y0 + (y1 - y0) // 3, x1, y0 + (y1 - y0) // 2), fill=colour)
+
+
+def make_voc(root: Path, pictures: int = 36) -> Path:
+    """Street-like pictures, each with one face-sized shape of every class, a box that runs over
+    the picture's edge and a degenerate (empty) box."""
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(pictures):
+        im = Image.new("RGB", (160, 120), tuple(int(c) for c in rng.integers(0, 80, 3)))
+        d = ImageDraw.Draw(im)
+        objs = []
+        for k, (label, kind) in enumerate(KINDS.items()):
+            x, y = 8 + 50 * k + int(rng.integers(0, 8)), int(rng.integers(10, 70))
+            box = (x, y, x + 30, y + 30)
+            _draw(d, kind, box, tuple(int(c) for c in rng.integers(150, 255, 3)))
+            objs.append((label, box))
+        objs.append(("with_mask", (140, 100, 190, 150)))  # over the edge: clipped
+        objs.append(("without_mask", (50, 50, 50, 80)))  # no width: dropped
+        im.save(root / "images" / f"p{i:03d}.png")
+        body = "".join(
+            f"<object><name>{lab}</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
+            f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for lab, b in objs)
+        (root / "annotations" / f"p{i:03d}.xml").write_text(
+            f"<annotation><filename>p{i:03d}.png</filename><size><width>160</width>"
+            f"<height>120</height></size>{body}</annotation>")
+    return root
+
+
+def test_voc_boxes_are_clipped_and_degenerate_ones_dropped(tmp_path):
+    root = make_voc(tmp_path / "voc", pictures=1)
+    boxes = read_voc(root / "annotations" / "p000.xml").boxes
+    assert len(boxes) == 4
+    assert boxes[-1].xyxy == (140.0, 100.0, 160.0, 120.0)
+
+
+def test_faces_of_one_picture_share_its_split_and_crops_match_serving(tmp_path):
+    root = make_voc(tmp_path / "voc")
+    spec = PreprocessSpec(size=(32, 32))
+    faces = load_box_dataset(root, spec=spec, margin=0.1, workers=0, progress=False)
+    assert len(faces.labels) == 36 * 4
+    by_picture: dict[str, set[str]] = {}
+    for source, split in zip(faces.sources, faces.splits, strict=True):
+        by_picture.setdefault(source.split("#")[0], set()).add(split)
+    for name, splits in by_picture.items():
+        digest = hashlib.sha256((root / "images" / name).read_bytes()).hexdigest()
+        assert splits == {split_of_digest(digest)}, name
+    assert set(faces.splits) == {"train", "val", "test"}
+    report = audit_boxes(faces)
+    assert report["faces_per_class"] == {"mask_weared_incorrect": 36, "with_mask": 72,
+                                         "without_mask": 36}
+    # The crop training learned from is the crop serving makes for a detection at that box:
+    # decoded by the face stage's decode task, cut by the same function.
+    source = LocalSource(root / "images")
+    items, _ = decode_refs(source, list(source.list())[:1], spec, DetectorSpec())
+    box = read_voc(root / "annotations" / "p000.xml").boxes[1].xyxy
+    served = crop_face(items[0].picture, box, spec, 0.1)
+    trained = faces.x[faces.sources.index("p000.png#1")]
+    np.testing.assert_array_equal(served, trained)
+
+
+def test_three_classes_from_boxes_and_folders_train_and_serve(tmp_path):
+    voc = make_voc(tmp_path / "voc")
+    folders = make_dataset(tmp_path / "closeups", ["with_mask", "without_mask"], 20,
+                           ["disc", "square"])
+    out = tmp_path / "model"
+    r = CliRunner().invoke(main, ["train", str(folders), str(voc), "--out", str(out), *FAST,
+                                  "--crop-margin", "0.15"])
+    assert r.exit_code == 0, r.output
+    assert "box dataset voc" in r.output and "mask_weared_incorrect" in r.output
+    card = ModelCard.read(out / "model.json")
+    assert card.classes == ["with_mask", "without_mask", "mask_weared_incorrect"]
+    assert card.extra["face_crop"]["margin"] == 0.15
+    names = {d["name"] for d in card.extra["training_data"]["datasets"]}
+    assert names == {"voc", "closeups"}
+    assert str(tmp_path) not in json.dumps(card.extra)  # names and fingerprints, not paths
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["test_per_dataset"]) == {"voc", "closeups"}
+    per_class = report["test"]["per_class"]
+    assert set(per_class) == set(card.classes)
+    assert all({"precision", "recall"} <= set(v) for v in per_class.values())
+    # the 3-class model serves: rows carry three probabilities
+    r = CliRunner().invoke(main, ["batch", str(voc / "images"), "--out", str(tmp_path / "res"),
+                                  "--model", str(out), "--workers", "0", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    row = json.loads((tmp_path / "res" / "manifest.jsonl").read_text().split("\n")[0])
+    assert set(row["probabilities"]) == set(card.classes)
+
+
+def test_a_two_class_model_still_serves_the_face_stage(tmp_path):
+    data = make_dataset(tmp_path / "data", ["with_mask", "without_mask"], 20, ["disc", "square"])
+    out = tmp_path / "model"
+    r = CliRunner().invoke(main, ["train", str(data), "--out", str(out), *FAST])
+    assert r.exit_code == 0, r.output
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    (pics / "face.jpg").write_bytes((Path(__file__).parents[1] / "examples" /
+                                     "without_mask_4.jpg").read_bytes())
+    (pics / "plain.png").write_bytes(encode(Image.new("RGB", (90, 60), (30, 90, 200))))
+    r = CliRunner().invoke(main, ["batch", str(pics), "--out", str(tmp_path / "res"), "--model",
+                                  str(out), "--workers", "0", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in (tmp_path / "res" / "manifest.jsonl").read_text().split("\n")
+            if x]
+    assert [r["faces"] for r in rows] == [1, 0]
+    assert all(set(r["probabilities"]) == {"with_mask", "without_mask"} for r in rows)

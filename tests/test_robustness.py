@@ -1,0 +1,193 @@
+"""Hard to break: names, paths, special files, limits, malformed options and orphans."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from click.testing import CliRunner
+
+from maskcore.cli import main
+from tests.conftest import ROOT
+from tests.helpers import encode, gradient
+from tests.test_worker import BUCKET, RES, SRC, manifest, part_rows, run_once
+
+
+def batch(*args: str) -> tuple[int, str]:
+    r = CliRunner().invoke(main, ["batch", *args, "--workers", "0", "--faces", "off",
+                                  "--no-progress"])
+    return r.exit_code, r.output
+
+
+def rows(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "manifest.jsonl").read_text(
+        encoding="utf-8", errors="surrogateescape").split("\n") if x]
+
+
+def test_special_files_are_error_rows_not_hangs(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "ok.png").write_bytes(encode(gradient()))
+    os.mkfifo(src / "pipe.jpg")
+    (src / "zero.jpg").symlink_to("/dev/zero")
+    (src / "gone.jpg").symlink_to(src / "nowhere.jpg")
+    t0 = time.monotonic()
+    code, output = batch(str(src), "--out", str(tmp_path / "out"))
+    assert code == 0, output
+    assert time.monotonic() - t0 < 60
+    by = {r["source"]: r for r in rows(tmp_path / "out")}
+    assert by["ok.png"]["status"] == "ok"
+    assert "not a regular file (a FIFO)" in by["pipe.jpg"]["error"]
+    assert "not a regular file (a character device)" in by["zero.jpg"]["error"]
+    assert "broken symbolic link" in by["gone.jpg"]["error"]
+
+
+def test_size_limit_refuses_before_reading(tmp_path, monkeypatch):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "big.png").write_bytes(encode(gradient(300, 300)))
+    (src / "small.png").write_bytes(encode(gradient(8, 8)))
+    monkeypatch.setenv("MASKCORE_MAX_BYTES", "2000")
+    code, output = batch(str(src), "--out", str(tmp_path / "out"))
+    assert code == 0, output
+    by = {r["source"]: r for r in rows(tmp_path / "out")}
+    assert by["big.png"]["error"].startswith("too large")
+    assert by["small.png"]["status"] == "ok"
+    monkeypatch.setenv("MASKCORE_MAX_BYTES", "lots")
+    code, output = batch(str(src), "--out", str(tmp_path / "out2"))
+    assert code == 2 and "MASKCORE_MAX_BYTES" in output
+
+
+def test_names_that_are_not_utf8_deep_folders_and_formulas(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    png = encode(gradient())
+    raw = os.fsencode(src) + b"/caf\xe9.png"  # Latin-1, not UTF-8
+    with open(raw, "wb") as fh:
+        fh.write(png)
+    deep = src
+    for _ in range(1100):  # deeper than Python's recursion limit
+        deep = deep / "d"
+        os.mkdir(deep)  # one at a time: pathlib's mkdir(parents=True) recurses
+    (deep / "deep.png").write_bytes(png)
+    (src / "=HYPERLINK(1).png").write_bytes(png)
+    (src / "line\rbreak.png").write_bytes(png)
+    code, output = batch(str(src), "--out", str(tmp_path / "out"))
+    assert code == 0, output
+    got = rows(tmp_path / "out")
+    assert len(got) == 4 and all(r["status"] == "ok" for r in got)
+    names = {r["source"] for r in got}
+    assert "caf\udce9.png" in names  # the same bytes back, via surrogate escapes
+    assert b"caf\xe9.png" in (tmp_path / "out" / "manifest.jsonl").read_bytes()
+    assert any(n.endswith("d/deep.png") for n in names)
+    assert "=HYPERLINK(1).png" in names  # the JSON Lines keep the exact name
+    text = (tmp_path / "out" / "manifest.csv").read_bytes().decode("utf-8", "surrogateescape")
+    records = list(csv.DictReader(io.StringIO(text, newline="")))
+    sources = {r["source"] for r in records}
+    assert "'=HYPERLINK(1).png" in sources  # a spreadsheet sees text, not a formula
+    assert "line\rbreak.png" in sources and len(records) == 4  # quoted, not split
+
+
+def test_output_inside_the_input_is_not_classified_next_time(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.png").write_bytes(encode(gradient()))
+    for _ in range(2):
+        code, output = batch(str(src), "--out", str(src / "results"))
+        assert code == 0, output
+        assert [r["source"] for r in rows(src / "results")] == ["a.png"]
+
+
+def test_a_failed_run_keeps_the_previous_manifest(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.png").write_bytes(encode(gradient()))
+    out = tmp_path / "out"
+    assert batch(str(src), "--out", str(out))[0] == 0
+    before = (out / "manifest.jsonl").read_bytes()
+    code, output = batch(str(src), "--out", str(out), "--model", str(tmp_path / "nope.onnx"))
+    assert code == 2
+    assert (out / "manifest.jsonl").read_bytes() == before
+
+
+@pytest.mark.parametrize("args, env, says", [
+    (["", "--out", "x"], {}, "input is empty"),
+    (["in", "--out", "x", "--threshold", "nan"], {}, "not a finite number"),
+    (["s3://b/in/", "--out", "x"], {"MASKCORE_S3_ATTEMPTS": "abc"}, "MASKCORE_S3_ATTEMPTS"),
+])
+def test_malformed_inputs_are_usage_errors(tmp_path, monkeypatch, args, env, says):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    r = CliRunner().invoke(main, ["batch", *args])
+    assert r.exit_code == 2, r.output
+    assert says in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "x" / "manifest.jsonl").exists()
+
+
+def test_worker_refuses_non_finite_intervals():
+    for opt in ("--poll-interval", "--max-wait", "--threshold"):
+        r = CliRunner().invoke(main, ["worker", "--source", SRC, "--results", RES, opt, "nan"])
+        assert r.exit_code == 2 and "not a finite number" in r.output, r.output
+
+
+@pytest.fixture
+def bucket(s3_client):
+    s3_client.create_bucket(Bucket=BUCKET)
+    return s3_client
+
+
+def test_keys_with_line_separators_are_done_once(bucket, model_path):
+    png = encode(gradient(40, 40))
+    keys = [f"incoming/a{ch}b.png" for ch in ("\u2028", "\u2029", "\u0085", "\x1c", "\x0b")]
+    for k in keys:
+        bucket.put_object(Bucket=BUCKET, Key=k, Body=png)
+    run_once(model_path, "--faces", "off")
+    assert "this run classified 0" in run_once(model_path, "--faces", "off")
+    assert sorted(r["source"] for r in manifest(bucket)) == sorted(f"s3://{BUCKET}/{k}"
+                                                                   for k in keys)
+
+
+def test_a_foreign_object_under_the_parts_is_set_aside(bucket, model_path):
+    bucket.put_object(Bucket=BUCKET, Key="incoming/a.png", Body=encode(gradient()))
+    run_once(model_path, "--faces", "off")
+    parts = bucket.list_objects_v2(Bucket=BUCKET, Prefix="results/parts/")["Contents"]
+    folder = parts[0]["Key"].rsplit("/", 1)[0]
+    bucket.put_object(Bucket=BUCKET, Key=f"{folder}/foreign.jsonl",
+                      Body=b'{"hello": 1}\n[1, 2]\nnull\n')
+    out = run_once(model_path, "--faces", "off")
+    assert "this run classified 0" in out
+    assert len(part_rows(bucket)) == 4  # the row, and the three foreign lines left alone
+
+
+def test_decode_processes_die_with_their_parent(tmp_path):
+    """kill -9 of the job: its decode processes must not outlive it."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(400):
+        (src / f"{i:04d}.png").write_bytes(encode(gradient(200, 150, seed=i)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "maskcore", "batch", str(src), "--out", str(tmp_path / "out"),
+         "--workers", "2", "--no-progress"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 60
+    children: list[psutil.Process] = []
+    while time.monotonic() < deadline and len(children) < 2:
+        children = [c for c in parent.children(recursive=True) if "python" in c.name().lower()]
+        time.sleep(0.1)
+    assert len(children) >= 2, "the decode processes did not start"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"orphaned decode processes: {[p.pid for p in alive]}"
