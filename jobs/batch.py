@@ -15,7 +15,7 @@ from maskcore.cli import ray_options_decorator, ray_options_from, run_command, s
 from maskcore.faces import FaceOptions, open_analyzer
 from maskcore.manifest import ManifestWriter
 from maskcore.pipeline import classify
-from maskcore.pool import default_workers
+from maskcore.pool import capped_workers
 from maskcore.progress import Progress
 from maskcore.ray_runner import RayOptions, classify_ray
 from maskcore.settings import DEFAULTS
@@ -63,7 +63,7 @@ def run_batch(
                              faces=FaceOptions(mode=faces), runner=runner,
                              actors_on_gpu=bool(ray_options and ray_options.gpus_per_actor > 0))
     engine = analyzer.engine
-    workers = default_workers() if workers is None else workers
+    workers = capped_workers(workers)
     where = f"Ray actors ({device})" if runner == "ray" else \
         f"{engine.device} [{engine.provider}]"
     click.echo(f"model {engine.model_id} ({engine.path}, {engine.precision}) on {where}", err=True)

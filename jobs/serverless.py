@@ -23,16 +23,17 @@ import json
 import os
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import unquote_plus
 
 from maskcore.errors import UsageError
 from maskcore.faces import Analyzer, FaceOptions, open_analyzer, results_id
 from maskcore.ledger import ResultsStore
+from maskcore.manifest import is_transient
 from maskcore.pipeline import classify
 from maskcore.settings import from_env
-from maskcore.storage import READ_ERROR_PREFIX, Ref, S3Store, parse_s3_url
+from maskcore.storage import Ref, S3Store, parse_s3_url
 from maskcore.worker import Worker, WorkerConfig, log_event
 
 __all__ = ["handler"]
@@ -42,8 +43,6 @@ _RESULTS: ResultsStore | None = None
 _LAST_CONSOLIDATED = 0.0
 LOADS = {"engine": 0}  # how many times this container loaded the model (tests read it)
 
-# Object keys whose read failed with these are gone for good: a result, not a retry.
-_PERMANENT_READ_ERRORS = ("NoSuchKey", "Not Found", "404", "file vanished")
 
 
 @dataclass(frozen=True)
@@ -83,10 +82,12 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     if _is_scheduled(event):
         return _nightly(engine)
     objects = _objects_of(event)
-    own = results.store.location
-    objects = [o for o in objects
-               if not (o.bucket == own.bucket and o.key.startswith(own.prefix))]
+    objects = [o for o in objects if not results.owns(o.bucket, o.key)]
     results.refresh()
+    # An event without an ETag (some EventBridge rules, hand-made events): ask the bucket, so a
+    # redelivery is still recognised as done.
+    objects = [o if o.etag else replace(o, etag=S3Store(f"s3://{o.bucket}/").etag_of(o.key))
+               for o in objects]
     todo = [o for o in objects
             if not (o.etag and results.is_done(f"s3://{o.bucket}/{o.key}", o.etag))]
     rows = _classify(engine, todo)
@@ -95,7 +96,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     failed: set[str] = set()
     by_source = {f"s3://{o.bucket}/{o.key}": o for o in todo}
     for row in rows:
-        if _transient(row) and by_source[row["source"]].message_id:
+        if is_transient(row) and by_source[row["source"]].message_id:
             failed.add(by_source[row["source"]].message_id)  # type: ignore[arg-type]
     _maybe_consolidate(results)
     log_event("invocation", objects=len(objects), classified=len(rows),
@@ -120,9 +121,6 @@ def _classify(engine: Analyzer, objects: list[_Object]) -> list[dict[str, Any]]:
     return rows
 
 
-def _transient(row: dict[str, Any]) -> bool:
-    return (row["status"] == "error" and row["error"].startswith(READ_ERROR_PREFIX)
-            and not any(p in row["error"] for p in _PERMANENT_READ_ERRORS))
 
 
 def _maybe_consolidate(results: ResultsStore, force: bool = False) -> None:
@@ -172,12 +170,24 @@ def _objects_of(event: dict[str, Any]) -> list[_Object]:
             except ValueError:
                 log_event("bad_message", message_id=msg, reason="body is not JSON")
                 continue  # will never parse: retrying would not help
+            if not isinstance(body, dict):
+                log_event("bad_message", message_id=msg,
+                          reason=f"body is JSON but not an object ({type(body).__name__})")
+                continue
             if body.get("Event") == "s3:TestEvent":
                 continue
-            if body.get("detail-type") == "Object Created":
-                objects += _from_eventbridge(body, msg)
-            for inner in body.get("Records") or []:
-                objects += _from_s3_record(inner, msg)
+            # One malformed message must not fail the batch: it is logged and dropped (it will
+            # never parse), the good messages beside it go on.
+            try:
+                found = []
+                if body.get("detail-type") == "Object Created":
+                    found += _from_eventbridge(body, msg)
+                for inner in body.get("Records") or []:
+                    found += _from_s3_record(inner, msg)
+            except (KeyError, TypeError, AttributeError) as exc:
+                log_event("bad_message", message_id=msg, reason=f"no bucket or key ({exc!r})")
+                continue
+            objects += found
     return objects
 
 

@@ -34,6 +34,7 @@ class DecodedItem:
     width: int = 0
     height: int = 0
     error: str = ""
+    error_kind: str = ""  # one of maskcore.errors.ERROR_KINDS when ``error`` is set
     whole: np.ndarray | None = None  # the whole picture as model input (no face stage)
     picture: Picture | None = None  # the upright picture (face stage)
     canvas: np.ndarray | None = None  # the picture scaled for the detector, uint8 (face stage)
@@ -67,7 +68,7 @@ def decode_refs(source: Source, refs: list[Ref], spec: PreprocessSpec,
         try:
             data = source.read(ref)
         except StorageError as exc:
-            out.append(DecodedItem(ref, error=str(exc)))
+            out.append(DecodedItem(ref, error=str(exc), error_kind=exc.kind))
             continue
         digest = hashlib.sha256(data).hexdigest()
         try:
@@ -80,7 +81,7 @@ def decode_refs(source: Source, refs: list[Ref], spec: PreprocessSpec,
                 out.append(DecodedItem(ref, digest, pic.width, pic.height, picture=pic,
                                        canvas=canvas, canvas_scale=scale))
         except ImageDecodeError as exc:
-            out.append(DecodedItem(ref, sha256=digest, error=str(exc)))
+            out.append(DecodedItem(ref, sha256=digest, error=str(exc), error_kind=exc.kind))
     return out, time.perf_counter() - t0
 
 

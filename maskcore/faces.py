@@ -70,6 +70,7 @@ class PictureResult:
     width: int = 0
     height: int = 0
     error: str = ""
+    error_kind: str = ""
     whole: np.ndarray | None = None  # (C,) when the picture was classified whole
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     face_scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
@@ -118,7 +119,7 @@ class Analyzer:
 
     def infer(self, items: list[DecodedItem]) -> list[PictureResult]:
         """Results for a batch of decoded items, in order (errors pass through)."""
-        results = [PictureResult(it.ref, it.sha256, it.width, it.height, it.error)
+        results = [PictureResult(it.ref, it.sha256, it.width, it.height, it.error, it.error_kind)
                    for it in items]
         ok = [i for i, it in enumerate(items) if it.ok]
         if not ok:

@@ -24,8 +24,15 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from maskcore.manifest import FACE_FIELDS, Tally, rows_to_csv, rows_to_jsonl, split_faces
-from maskcore.storage import READ_ERROR_PREFIX, S3Store
+from maskcore.manifest import (
+    FACE_FIELDS,
+    Tally,
+    is_transient,
+    rows_to_csv,
+    rows_to_jsonl,
+    split_faces,
+)
+from maskcore.storage import S3Store
 
 __all__ = ["ResultsStore"]
 
@@ -40,6 +47,10 @@ class ResultsStore:
     """
 
     def __init__(self, results: S3Store, model_id: str, classes: list[str]) -> None:
+        loc = results.location
+        if loc.prefix and not loc.prefix.endswith("/"):
+            # "s3://b/in/res" is the folder res/, never a prefix of "in/resume.jpg".
+            results = S3Store(f"{loc.url}/", client=results._client)
         self.store = results
         self.model_id = model_id
         self.classes = classes
@@ -49,6 +60,18 @@ class ResultsStore:
         self._seen_parts: set[str] = set()
         self._done: set[tuple[str, str]] = set()
         self._latest: dict[str, dict[str, Any]] = {}  # source URL -> latest row
+
+    #: What this store writes beside its parts (each at the results prefix).
+    OUTPUTS = ("manifest.jsonl", "manifest.csv", "faces.jsonl", "faces.csv", "summary.json")
+
+    def owns(self, bucket: str, key: str) -> bool:
+        """Whether an object is one this results prefix holds (its parts and consolidated
+        files), exactly: a results prefix that contains the source (the bucket root, say)
+        hides none of the source's pictures."""
+        loc = self.store.location
+        if bucket != loc.bucket:
+            return False
+        return key.startswith(loc.join("parts/")) or key in {loc.join(n) for n in self.OUTPUTS}
 
     # --- the ledger -----------------------------------------------------------------------
 
@@ -69,7 +92,7 @@ class ResultsStore:
 
     def _absorb(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:
-            if not (row["status"] == "error" and row["error"].startswith(READ_ERROR_PREFIX)):
+            if not is_transient(row):
                 self._done.add((row["source"], row.get("etag", "")))
             old = self._latest.get(row["source"])
             if old is None or row["processed_at"] >= old["processed_at"]:

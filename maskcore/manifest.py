@@ -29,6 +29,7 @@ __all__ = [
     "FACE_ROWS",
     "FIELDS",
     "RowBuilder",
+    "is_transient",
     "ManifestWriter",
     "Tally",
     "csv_header",
@@ -42,7 +43,7 @@ __all__ = [
 #: Picture row fields in order. Worker rows add ``etag`` after ``source``. ``faces`` is the number
 #: of faces found (None with ``--faces off``); ``face_counts`` counts them per label.
 FIELDS = ("source", "status", "label", "score", "probabilities", "faces", "face_counts", "error",
-          "sha256", "width", "height", "model_id", "detector_id", "preprocess_version",
+          "error_kind", "sha256", "width", "height", "model_id", "detector_id", "preprocess_version",
           "processed_at")
 
 #: Face row fields in order (worker rows add ``etag`` after ``source``). The box is in pixels of
@@ -91,6 +92,7 @@ def ok_row(
         "faces": faces,
         "face_counts": face_counts or {},
         "error": "",
+        "error_kind": "",
         "sha256": sha256,
         "width": width,
         "height": height,
@@ -115,6 +117,7 @@ def error_row(
     source: str,
     error: str,
     *,
+    kind: str = "read",
     sha256: str = "",
     model_id: str,
     preprocess_version: str,
@@ -132,6 +135,7 @@ def error_row(
         "faces": None,
         "face_counts": {},
         "error": error,
+        "error_kind": kind,
         "sha256": sha256,
         "width": None,
         "height": None,
@@ -170,7 +174,8 @@ class RowBuilder:
         """One ``maskcore.faces.PictureResult`` -> its picture row."""
         extra = self.extra(r.ref)
         if r.error:
-            row = error_row(r.ref.source, r.error, sha256=r.sha256, extra=extra, **self.common)
+            row = error_row(r.ref.source, r.error, kind=r.error_kind or "read", sha256=r.sha256,
+                            extra=extra, **self.common)
             row[FACE_ROWS] = []
             return row
         faces = [self._face(r, k, extra) for k in range(len(r.boxes))]
@@ -206,6 +211,12 @@ class RowBuilder:
             "model_id": self.common["model_id"], "detector_id": self.common["detector_id"],
             "processed_at": utc_now(),
         }
+
+
+def is_transient(row: dict[str, Any]) -> bool:
+    """Whether a row's error may pass by itself (``error_kind`` ``read``): the worker does not
+    count such an object as done, and the handler asks for the message again."""
+    return row.get("status") == "error" and row.get("error_kind", "read") == "read"
 
 
 def split_faces(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]],

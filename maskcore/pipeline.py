@@ -30,7 +30,7 @@ from maskcore.decode import CHUNK, DecodedItem, decode_refs
 from maskcore.detector import DetectorSpec
 from maskcore.faces import Analyzer, FaceOptions, PictureResult, load_analyzer
 from maskcore.manifest import RowBuilder
-from maskcore.pool import default_workers, make_pool
+from maskcore.pool import capped_workers, make_pool
 from maskcore.preprocess import PreprocessSpec
 from maskcore.progress import Progress
 from maskcore.storage import Ref, Source
@@ -122,7 +122,7 @@ def classify(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    workers = default_workers() if workers is None else workers
+    workers = capped_workers(workers)
     times = StageTimes()
     rows_of = row_builder(analyzer, threshold, row_extra)
     engine = analyzer.engine

@@ -214,7 +214,7 @@ def decode(data: bytes, spec: PreprocessSpec = DEFAULT_SPEC, *, draft: int | Non
             if width * height > spec.max_pixels:
                 raise ImageDecodeError(
                     f"picture is {width}x{height} = {width * height / 1e6:.1f} megapixels, over the "
-                    f"limit of {spec.max_pixels / 1e6:g} megapixels"
+                    f"limit of {spec.max_pixels / 1e6:g} megapixels", kind="too_large"
                 )
             fmt, mode = im.format or "?", im.mode
             orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
@@ -232,8 +232,8 @@ def decode(data: bytes, spec: PreprocessSpec = DEFAULT_SPEC, *, draft: int | Non
         # Pillow refuses by itself above twice its MAX_IMAGE_PIXELS (about 179 MP), before we see
         # the size; that caps max_pixels in effect, and the message says the same thing as ours.
         raise ImageDecodeError(
-            f"picture is over the limit of {spec.max_pixels / 1e6:g} megapixels ({exc})"
-        ) from exc
+            f"picture is over the limit of {spec.max_pixels / 1e6:g} megapixels ({exc})",
+            kind="too_large") from exc
     except Exception as exc:  # Pillow's plugins raise many types; all mean "not a picture for us".
         raise ImageDecodeError(_describe(exc)) from exc
     return Picture(image=rgb, width=width, height=height, format=fmt, mode=mode)

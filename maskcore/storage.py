@@ -17,9 +17,6 @@ from typing import Any, Protocol
 
 from maskcore.errors import StorageError, UsageError
 
-#: Every error about reading an object starts so; the worker retries those on its next pass.
-READ_ERROR_PREFIX = "cannot read"
-
 __all__ = ["LocalSource", "Ref", "S3Location", "S3Store", "Source", "open_source", "parse_s3_url"]
 
 
@@ -160,20 +157,21 @@ class LocalSource:
         try:
             st = path.stat()
             if not stat.S_ISREG(st.st_mode):
-                raise StorageError(f"cannot read: not a regular file ({_kind(st.st_mode)})")
+                raise StorageError(f"cannot read: not a regular file ({_kind(st.st_mode)})",
+                                   kind="not_a_file")
             limit = max_bytes()
             if st.st_size > limit:
                 raise StorageError(f"too large: {st.st_size:,} bytes, over the limit of "
-                                   f"{limit:,} (MASKCORE_MAX_BYTES)")
+                                   f"{limit:,} (MASKCORE_MAX_BYTES)", kind="too_large")
             # O_NONBLOCK: a file swapped for a FIFO after the check cannot block the open.
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
             with os.fdopen(fd, "rb") as fh:
                 if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                    raise StorageError("cannot read: not a regular file")
+                    raise StorageError("cannot read: not a regular file", kind="not_a_file")
                 return fh.read(limit + 1)[: limit + 1]
         except FileNotFoundError as exc:
             what = "broken symbolic link" if path.is_symlink() else "file vanished"
-            raise StorageError(f"cannot read: {what}") from exc
+            raise StorageError(f"cannot read: {what}", kind="not_found") from exc
         except OSError as exc:
             raise StorageError(f"cannot read: {exc.strerror or exc}") from exc
 
@@ -307,7 +305,7 @@ class S3Store:
         limit = max_bytes()
         if ref.size > limit:  # the listing knows the size: refuse before reading
             raise StorageError(f"too large: {ref.size:,} bytes, over the limit of {limit:,} "
-                               "(MASKCORE_MAX_BYTES)")
+                               "(MASKCORE_MAX_BYTES)", kind="too_large")
         data, _ = self.get(ref.key)
         return data
 
@@ -319,7 +317,19 @@ class S3Store:
             obj = self.client.get_object(Bucket=self.location.bucket, Key=key)
             return obj["Body"].read(), obj.get("ETag", "").strip('"')
         except (BotoCoreError, ClientError) as exc:
-            raise StorageError(f"cannot read {self.url_of(key)}: {_reason(exc)}") from exc
+            raise StorageError(f"cannot read {self.url_of(key)}: {_reason(exc)}",
+                               kind=_kind_of(exc)) from exc
+
+    def etag_of(self, key: str) -> str:
+        """An object's ETag from a HEAD request, or "" when it cannot be had (the read that
+        follows then says why)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.location.bucket, Key=key)
+        except (BotoCoreError, ClientError):
+            return ""
+        return str(head.get("ETag", "")).strip('"')
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         """Write a whole object (S3 PUTs are atomic: readers see all of it or the old one)."""
@@ -348,6 +358,17 @@ class S3Store:
                                         Prefix=self.location.prefix, MaxKeys=1)
         except (BotoCoreError, ClientError) as exc:
             raise StorageError(f"cannot list {self.location.url}: {_reason(exc)}") from exc
+
+
+#: S3 error codes that mean the object is gone for good (anything else may pass: retried).
+_GONE = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
+
+
+def _kind_of(exc: Exception) -> str:
+    """``not_found`` for an S3 answer that the object or bucket does not exist, else ``read``."""
+    response = getattr(exc, "response", None)
+    code = str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
+    return "not_found" if code in _GONE else "read"
 
 
 def _reason(exc: Exception) -> str:

@@ -102,12 +102,11 @@ class Worker:
     def pending(self) -> list[Ref]:
         """Objects under the source prefix that still need a row for this model."""
         self.results.refresh()
-        res = self.results.store.location
-        own = res.prefix if res.bucket == self.source.location.bucket else None
+        bucket = self.source.location.bucket
         i, n = self.cfg.shard
         todo = []
         for ref in self.source.list():
-            if own is not None and ref.key.startswith(own):
+            if self.results.owns(bucket, ref.key):
                 continue  # our own results, when they live under the source prefix
             if n > 1 and shard_of(ref.key, n) != i:
                 continue

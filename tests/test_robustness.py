@@ -191,3 +191,30 @@ def test_decode_processes_die_with_their_parent(tmp_path):
     proc.wait(10)
     gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, f"orphaned decode processes: {[p.pid for p in alive]}"
+
+
+@pytest.mark.parametrize("results", [f"s3://{BUCKET}/", SRC, f"s3://{BUCKET}/incoming/res"])
+def test_results_that_overlap_the_source_hide_no_picture(bucket, model_path, results):
+    png = encode(gradient(40, 40))
+    keys = ["incoming/a.png", "incoming/resume.png", "incoming/sub/b.png"]
+    for k in keys:
+        bucket.put_object(Bucket=BUCKET, Key=k, Body=png)
+    for _ in range(2):  # the second pass finds its own results and classifies nothing
+        r = CliRunner().invoke(main, ["worker", "--source", SRC, "--results", results, "--once",
+                                      "--model", str(model_path), "--workers", "0",
+                                      "--faces", "off"])
+        assert r.exit_code == 0, r.output
+    assert "3 objects" in r.output and "this run classified 0" in r.output
+
+
+def test_two_buckets_sharing_a_results_prefix_lose_nothing(s3_client, model_path):
+    png = encode(gradient(40, 40))
+    for b in ("one", "two"):
+        s3_client.create_bucket(Bucket=b)
+        s3_client.put_object(Bucket=b, Key="in/same.png", Body=png)  # same key, same content
+    for b in ("one", "two"):
+        r = CliRunner().invoke(main, ["worker", "--source", f"s3://{b}/in/", "--results",
+                                      "s3://one/results/", "--once", "--model", str(model_path),
+                                      "--workers", "0", "--faces", "off"])
+        assert r.exit_code == 0, r.output
+        assert "this run classified 1" in r.output, (b, r.output)

@@ -56,7 +56,7 @@ def part_rows(client) -> list[dict]:
     rows = []
     for obj in client.list_objects_v2(Bucket=BUCKET, Prefix="results/parts/").get("Contents", []):
         body = client.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read().decode()
-        rows += [json.loads(x) for x in body.splitlines()]
+        rows += [json.loads(x) for x in body.split("\n") if x]
     return rows
 
 
@@ -131,3 +131,31 @@ def test_scheduled_event_processes_the_backlog(env):
     assert serverless.handler(scheduled, None)["classified"] == 0
     summary = json.loads(env.get_object(Bucket=BUCKET, Key="results/summary.json")["Body"].read())
     assert summary["total"] == 5
+
+
+def test_malformed_sqs_messages_do_not_fail_the_good_ones(env):
+    etag = put(env, "incoming/ok.png", encode(gradient()))
+    odd = {"messageId": "m-list", "body": "[1, 2]", "eventSource": "aws:sqs"}
+    records = [sqs_record("m-good", {"Records": [s3_record("incoming/ok.png", etag)]}), odd,
+               {"messageId": "m-null", "body": "null", "eventSource": "aws:sqs"},
+               {"messageId": "m-str", "body": '"hello"', "eventSource": "aws:sqs"},
+               sqs_record("m-nokey", {"Records": [{"eventName": "ObjectCreated:Put",
+                                                   "s3": {"bucket": {"name": BUCKET}}}]})]
+    out = serverless.handler({"Records": records})
+    assert out == {"batchItemFailures": []}
+    assert [r["source"] for r in part_rows(env)] == [f"s3://{BUCKET}/incoming/ok.png"]
+
+
+def test_missing_bucket_is_final_and_no_etag_is_looked_up(env):
+    etag = put(env, "incoming/a.png", encode(gradient()))
+    gone = s3_record("incoming/x.png", "abc")
+    gone["s3"]["bucket"]["name"] = "no-such-bucket"
+    out = serverless.handler({"Records": [sqs_record("m1", {"Records": [gone]})]})
+    assert out == {"batchItemFailures": []}  # not retried until the dead-letter queue
+    row = part_rows(env)[0]
+    assert row["error_kind"] == "not_found"
+    no_etag = s3_record("incoming/a.png", "")
+    for _ in range(2):  # the second delivery is recognised as done
+        serverless.handler({"Records": [no_etag]})
+    rows = [r for r in part_rows(env) if r["source"].endswith("incoming/a.png")]
+    assert len(rows) == 1 and rows[0]["etag"] == etag
