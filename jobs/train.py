@@ -37,8 +37,9 @@ def _log(msg: str) -> None:
     click.echo(f"[train] {msg}", err=True)
 
 
-#: Class order of a model trained on several datasets: these first, in this order (the verdict
-#: order of the face stage), then any other class name, sorted.
+#: Class order of a model trained on several datasets (or on box datasets): these first, in this
+#: order, then any other class name, sorted. One folder-per-class dataset alone keeps its sorted
+#: folder names.
 CLASS_ORDER = ("with_mask", "without_mask", "mask_weared_incorrect")
 
 #: Class weights are inverse class frequencies, capped here: the rare class (93 of 3,246 street
@@ -180,7 +181,11 @@ def run_training(
                                      workers=workers)
         parts.append(part)
         records[part.name] = rec
-    classes = ordered_classes({c for p in parts for s in p.labels.values() for c in s})
+    names = {c for p in parts for s in p.labels.values() for c in s}
+    # One folder dataset keeps its own order (its sorted folder names, as always); several
+    # datasets unite their classes in the documented order.
+    classes = sorted(names) if len(parts) == 1 and parts[0].kind == "folders" \
+        else ordered_classes(names)
     if len(classes) < 2:
         raise DatasetError(f"need at least 2 classes to train, found {classes}")
     index_of = {c: i for i, c in enumerate(classes)}

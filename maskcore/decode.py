@@ -34,7 +34,7 @@ class DecodedItem:
     width: int = 0
     height: int = 0
     error: str = ""
-    error_kind: str = ""  # one of maskcore.errors.ERROR_KINDS when ``error`` is set
+    error_kind: str = ""  # one of maskcore.manifest.ERROR_KINDS when ``error`` is set
     whole: np.ndarray | None = None  # the whole picture as model input (no face stage)
     picture: Picture | None = None  # the upright picture (face stage)
     canvas: np.ndarray | None = None  # the picture scaled for the detector, uint8 (face stage)

@@ -14,7 +14,6 @@ Errors of Pillow, ONNX Runtime and botocore are translated into these where they
 from __future__ import annotations
 
 __all__ = [
-    "ERROR_KINDS",
     "MaskcoreError",
     "ImageDecodeError",
     "DatasetError",
@@ -47,22 +46,11 @@ class ModelError(MaskcoreError):
     """A model file or its card is missing, unreadable, or made for other preprocessing."""
 
 
-#: What went wrong with one picture, as written in a row's ``error_kind`` (empty for ok rows).
-#: Retry rules are written against these, never against the wording of a message:
-#: only ``read`` is transient (the worker and the handler try it again later).
-ERROR_KINDS = {
-    "read": "the object could not be read now (network, throttling, permissions): retried",
-    "not_found": "the object or its bucket is gone (deleted, a broken link): not retried",
-    "not_a_file": "not a regular file (a FIFO, a device, a folder): not retried",
-    "too_large": "over the size or pixel limit: not retried",
-    "decode": "the bytes are not a picture in a supported format: not retried",
-}
-
-
 class StorageError(MaskcoreError):
     """A local folder or an S3 prefix cannot be listed, read or written.
 
-    ``kind`` says which of :data:`ERROR_KINDS` it is when it is about one object.
+    ``kind`` says which of :data:`maskcore.manifest.ERROR_KINDS` it is when it is about one
+    object.
     """
 
     def __init__(self, message: str, kind: str = "read") -> None:

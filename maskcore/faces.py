@@ -39,6 +39,12 @@ VERDICT_ORDER = ("without_mask", "mask_weared_incorrect", "with_mask")
 #: of a model trained on face crops, which then wins).
 DEFAULT_MARGIN = 0.1
 
+#: A picture whose only face covers at least this share of its area is a close-up: the
+#: classifier sees it whole, as close-ups are seen in training (cutting the face out of a
+#: close-up cost 1.2 points of accuracy on the close-ups' validation split). Chosen on the
+#: validation pictures of both datasets; ``MASKCORE_CLOSEUP`` overrides it.
+CLOSEUP_SHARE = 0.2
+
 
 @dataclass(frozen=True)
 class FaceOptions:
@@ -47,6 +53,7 @@ class FaceOptions:
     mode: str = "auto"  # "auto": detect faces; "off": classify every picture whole
     detector: str | None = None  # the detector's card; None for the bundled one
     margin: float | None = None  # None: the classifier card's crop margin, else DEFAULT_MARGIN
+    closeup: float | None = None  # None: $MASKCORE_CLOSEUP, else CLOSEUP_SHARE; 1.0 turns it off
     overrides: dict[str, Any] = field(default_factory=dict)  # DetectorSpec fields to change
 
     def __post_init__(self) -> None:
@@ -58,7 +65,8 @@ class FaceOptions:
         return self.mode != "off"
 
     def __hash__(self) -> int:
-        return hash((self.mode, self.detector, self.margin, tuple(sorted(self.overrides.items()))))
+        return hash((self.mode, self.detector, self.margin, self.closeup,
+                     tuple(sorted(self.overrides.items()))))
 
 
 @dataclass
@@ -107,6 +115,8 @@ class Analyzer:
             else {}
         self.margin = faces.margin if faces.margin is not None else \
             float(crop.get("margin", DEFAULT_MARGIN))
+        self.closeup = faces.closeup if faces.closeup is not None else \
+            float(os.environ.get("MASKCORE_CLOSEUP") or CLOSEUP_SHARE)
 
     @property
     def detector_spec(self) -> DetectorSpec | None:
@@ -153,6 +163,13 @@ class Analyzer:
                 if len(det) == 0:
                     inputs.append(to_input(pic.image, spec))  # type: ignore[union-attr]
                     owners.append((i, -1))
+                    continue
+                x0, y0, x1, y1 = det.xyxy[0]
+                if len(det) == 1 and (x1 - x0) * (y1 - y0) >= \
+                        self.closeup * pic.width * pic.height:  # type: ignore[union-attr]
+                    inputs.append(to_input(pic.image, spec))  # type: ignore[union-attr]
+                    owners.append((i, 0))  # a close-up: the whole picture is the face's crop
+                    continue
                 for k, box in enumerate(det.xyxy):
                     inputs.append(crop_face(pic, box, spec, self.margin))  # type: ignore[arg-type]
                     owners.append((i, k))

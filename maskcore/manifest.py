@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "ERROR_KINDS",
     "FACE_FIELDS",
     "FACE_ROWS",
     "FIELDS",
@@ -45,6 +46,17 @@ __all__ = [
 FIELDS = ("source", "status", "label", "score", "probabilities", "faces", "face_counts", "error",
           "error_kind", "sha256", "width", "height", "model_id", "detector_id", "preprocess_version",
           "processed_at")
+
+#: What went wrong with one picture, as written in a row's ``error_kind`` (empty for ok rows).
+#: Retry rules are written against these, never against the wording of a message:
+#: only ``read`` is transient (the worker and the handler try it again later).
+ERROR_KINDS = {
+    "read": "the object could not be read now (network, throttling, permissions): retried",
+    "not_found": "the object or its bucket is gone (deleted, a broken link): not retried",
+    "not_a_file": "not a regular file (a FIFO, a device, a folder): not retried",
+    "too_large": "over the size or pixel limit: not retried",
+    "decode": "the bytes are not a picture in a supported format: not retried",
+}
 
 #: Face row fields in order (worker rows add ``etag`` after ``source``). The box is in pixels of
 #: the original picture after EXIF orientation; ``face`` is its index within the picture.

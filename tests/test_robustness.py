@@ -67,13 +67,26 @@ def test_size_limit_refuses_before_reading(tmp_path, monkeypatch):
     assert code == 2 and "MASKCORE_MAX_BYTES" in output
 
 
-def test_names_that_are_not_utf8_deep_folders_and_formulas(tmp_path):
+def _remove_deep(top: Path) -> None:
+    """Remove a folder chain deeper than shutil.rmtree (recursive) can, bottom up."""
+    chain = [top]
+    while (chain[-1] / "d").is_dir():
+        chain.append(chain[-1] / "d")
+    for folder in reversed(chain):
+        for entry in folder.iterdir():
+            if not entry.is_dir():
+                entry.unlink()
+        folder.rmdir()
+
+
+def test_names_that_are_not_utf8_deep_folders_and_formulas(tmp_path, request):
     src = tmp_path / "in"
     src.mkdir()
     png = encode(gradient())
     raw = os.fsencode(src) + b"/caf\xe9.png"  # Latin-1, not UTF-8
     with open(raw, "wb") as fh:
         fh.write(png)
+    request.addfinalizer(lambda: _remove_deep(src / "d"))  # pytest's own cleanup recurses
     deep = src
     for _ in range(1100):  # deeper than Python's recursion limit
         deep = deep / "d"
@@ -122,7 +135,6 @@ def test_a_failed_run_keeps_the_previous_manifest(tmp_path):
 @pytest.mark.parametrize("args, env, says", [
     (["", "--out", "x"], {}, "input is empty"),
     (["in", "--out", "x", "--threshold", "nan"], {}, "not a finite number"),
-    (["s3://b/in/", "--out", "x"], {"MASKCORE_S3_ATTEMPTS": "abc"}, "MASKCORE_S3_ATTEMPTS"),
 ])
 def test_malformed_inputs_are_usage_errors(tmp_path, monkeypatch, args, env, says):
     monkeypatch.chdir(tmp_path)
@@ -133,6 +145,17 @@ def test_malformed_inputs_are_usage_errors(tmp_path, monkeypatch, args, env, say
     assert r.exit_code == 2, r.output
     assert says in r.output and "Traceback" not in r.output
     assert not (tmp_path / "x" / "manifest.jsonl").exists()
+
+
+def test_malformed_environment_values_are_usage_errors(tmp_path):
+    """In a process of its own: the S3 client is made once per process, from the environment."""
+    env = {**os.environ, "MASKCORE_S3_ATTEMPTS": "abc", "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+           "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"}
+    r = subprocess.run([sys.executable, "-m", "maskcore", "batch", "s3://b/in/", "--out",
+                        str(tmp_path / "x")], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "MASKCORE_S3_ATTEMPTS='abc'" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_worker_refuses_non_finite_intervals():
