@@ -140,13 +140,13 @@ def run_training(
     data_dirs: Path | list[Path],
     out: Path,
     *,
-    epochs: int = 40,
+    epochs: int = 70,
     seed: int = 0,
     image_size: int = 128,
     batch_size: int = 32,
     val: float = 0.15,
     test: float = 0.15,
-    patience: int = 40,
+    patience: int = 70,
     augment: bool = True,
     workers: int | None = None,
     widths: tuple[int, ...] | None = None,
@@ -361,14 +361,14 @@ SHORT_HELP = "Train, evaluate and export a model to ONNX with its card."
                 type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for model.onnx, model.json, model.keras, report.json and plots.")
-@click.option("--epochs", default=40, show_default=True,
+@click.option("--epochs", default=70, show_default=True,
               help="Most epochs; early stopping on validation loss usually ends sooner.")
 @click.option("--seed", default=0, show_default=True, help="Seed for the split, weights, shuffles.")
 @click.option("--image-size", default=128, show_default=True, help="Model input side in pixels.")
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--val", default=0.15, show_default=True, help="Validation share of each class.")
 @click.option("--test", default=0.15, show_default=True, help="Test share of each class.")
-@click.option("--patience", default=40, show_default=True,
+@click.option("--patience", default=70, show_default=True,
               help="Epochs without better validation loss before stopping.")
 @click.option("--augment/--no-augment", default=True, show_default=True,
               help="Flip, rotate, zoom, brightness and contrast on training batches.")

@@ -192,11 +192,13 @@ class RowBuilder:
             return row
         faces = [self._face(r, k, extra) for k in range(len(r.boxes))]
         if faces:
-            # The verdict: the most serious face; its probabilities stand for the picture.
+            # The verdict: the most serious face (a close-up's main face alone); its
+            # probabilities stand for the picture.
             from maskcore.faces import verdict_of
 
-            verdict = verdict_of([f["label"] for f in faces])
-            deciding = max((f for f in faces if f["label"] == verdict), key=lambda f: f["score"])
+            voters = [faces[r.closeup_face]] if r.closeup_face >= 0 else faces
+            verdict = verdict_of([f["label"] for f in voters])
+            deciding = max((f for f in voters if f["label"] == verdict), key=lambda f: f["score"])
             proba = r.face_proba[deciding["face"]]
             label: str | None = verdict
         else:
