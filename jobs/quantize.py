@@ -43,12 +43,15 @@ def run_quantize(model_dir: Path, data_dir: Path, *, workers: int | None = None)
         record = json.loads(split_path.read_text())
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot read the split record {split_path}: {exc}") from exc
-    if "hashes" not in record or len(record.get("datasets", {})) > 1:
-        raise ModelError(f"{model_dir} was trained on several datasets ({split_path}); "
-                         "`maskcore train` makes its int8 variant itself: train it again")
+    if "hashes" not in record:
+        raise ModelError(f"{split_path} records no folder-per-class split; `maskcore train` "
+                         "makes the int8 variant of such a model itself: train it again")
+    if len(record.get("datasets", {})) > 1:
+        _log("the model was trained on several datasets: calibrating and checking on the "
+             "folder-per-class one only")
     hashes = record["hashes"]
     index = scan(data_dir)
-    if list(index.classes) != card.classes:
+    if not set(index.classes) <= set(card.classes):
         raise DatasetError(f"{data_dir} has classes {list(index.classes)}, the model "
                            f"{card.classes}: not the dataset it was trained on")
     _log(f"reading and preprocessing {len(index.samples):,} files ...")
@@ -59,7 +62,10 @@ def run_quantize(model_dir: Path, data_dir: Path, *, workers: int | None = None)
         raise DatasetError(f"{exc} ({data_dir}; record {split_path})") from exc
     x_train = np.stack([arrays[k] for k in split.train])
     x_test = np.stack([arrays[k] for k in split.test])
-    y_test = np.array([split.labels[k] for k in split.test], dtype=np.int64)
+    # Folder labels by name into the model's class order (a superset for a model trained on
+    # several datasets).
+    y_test = np.array([card.classes.index(index.classes[split.labels[k]]) for k in split.test],
+                      dtype=np.int64)
     arrays.clear()
 
     entry = make_int8_variant(model_dir / card.onnx_file, x_train, x_test, y_test, card.classes,
