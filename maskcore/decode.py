@@ -19,22 +19,31 @@ from maskcore.errors import ImageDecodeError, StorageError
 from maskcore.preprocess import Picture, PreprocessSpec, decode, load
 from maskcore.storage import Ref, Source
 
-__all__ = ["CHUNK", "DecodedItem", "decode_refs"]
+__all__ = ["CHUNK", "DecodedItem", "RefFacts", "decode_refs", "stack_inputs"]
 
 #: Pictures per decode task: large enough that pickling and scheduling stay cheap.
 CHUNK = 16
 
 
-@dataclass(frozen=True)
-class DecodedItem:
-    """What a decode task learned about one ref: an error, or its pixels in one of two forms."""
+@dataclass
+class RefFacts:
+    """What is known of one ref whatever came of it: its hash and size, or why it failed.
+
+    The decode task's :class:`DecodedItem` and the analysis's ``PictureResult`` both carry it.
+    """
 
     ref: Ref
     sha256: str = ""
-    width: int = 0
+    width: int = 0  # original width, after EXIF orientation
     height: int = 0
     error: str = ""
     error_kind: str = ""  # one of maskcore.manifest.ERROR_KINDS when ``error`` is set
+
+
+@dataclass
+class DecodedItem(RefFacts):
+    """What a decode task learned about one ref: an error, or its pixels in one of two forms."""
+
     whole: np.ndarray | None = None  # the whole picture as model input (no face stage)
     picture: Picture | None = None  # the upright picture (face stage)
     canvas: np.ndarray | None = None  # the picture scaled for the detector, uint8 (face stage)

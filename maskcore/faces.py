@@ -21,12 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from maskcore.decode import DecodedItem, stack_inputs
+from maskcore.decode import DecodedItem, RefFacts, stack_inputs
 from maskcore.detector import DetectorSpec, FaceDetector
 from maskcore.engine import Device, Engine
 from maskcore.errors import UsageError
 from maskcore.preprocess import crop_face, to_input
-from maskcore.storage import Ref
 
 __all__ = ["Analyzer", "FaceOptions", "PictureResult", "VERDICT_ORDER", "load_analyzer", "open_analyzer",
            "results_id", "verdict_of"]
@@ -71,15 +70,9 @@ class FaceOptions:
 
 
 @dataclass
-class PictureResult:
+class PictureResult(RefFacts):
     """One picture's outcome: an error, or probabilities for it whole and/or for its faces."""
 
-    ref: Ref
-    sha256: str = ""
-    width: int = 0
-    height: int = 0
-    error: str = ""
-    error_kind: str = ""
     whole: np.ndarray | None = None  # (C,) when the picture was classified whole
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     face_scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))

@@ -61,19 +61,19 @@ def parse_setting(name: str, raw: str) -> Any:
             raise UsageError(f"{var}={raw!r}: takes {', '.join(_CHOICES[name])}")
         return raw
     if name == "batch_size":
-        try:
-            value = int(raw)
-        except ValueError:
-            raise UsageError(f"{var}={raw!r}: takes a whole number from 1 to 4096") from None
-        if not 1 <= value <= 4096:
-            raise UsageError(f"{var}={raw!r}: takes a whole number from 1 to 4096")
-        return value
+        return _number(var, raw, int, 1, 4096, "a whole number from 1 to 4096")
     if name == "threshold":
-        try:
-            number = float(raw)
-        except ValueError:
-            raise UsageError(f"{var}={raw!r}: takes a number from 0 to 1") from None
-        if not math.isfinite(number) or not 0 <= number <= 1:
-            raise UsageError(f"{var}={raw!r}: takes a number from 0 to 1")
-        return number
+        return _number(var, raw, float, 0.0, 1.0, "a number from 0 to 1")
     return raw
+
+
+def _number(var: str, raw: str, cast: type[int] | type[float], low: float, high: float,
+            what: str) -> Any:
+    """``raw`` as a finite number in [low, high], or UsageError saying what it takes."""
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise UsageError(f"{var}={raw!r}: takes {what}") from None
+    if not math.isfinite(value) or not low <= value <= high:
+        raise UsageError(f"{var}={raw!r}: takes {what}")
+    return value
