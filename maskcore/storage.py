@@ -8,8 +8,11 @@ MinIO, Ceph or a local server among them) and retries throttling and 5xx answers
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import stat
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,23 +230,55 @@ def make_s3_client(**overrides: Any) -> Any:
     import boto3
     from botocore.config import Config
 
-    raw = os.environ.get("MASKCORE_S3_ATTEMPTS", "8")
-    try:
-        attempts = int(raw)
-    except ValueError:
-        raise UsageError(f"MASKCORE_S3_ATTEMPTS={raw!r}: takes a whole number (8 by default)"
-                         ) from None
-    if not 1 <= attempts <= 100:
-        raise UsageError(f"MASKCORE_S3_ATTEMPTS={raw!r}: takes 1 to 100")
+    attempts = int(_env_number("MASKCORE_S3_ATTEMPTS", 8, 1, 100))
+    timeout = _env_number("MASKCORE_S3_TIMEOUT", 20.0, 0.1, 600)
+    # Each attempt waits at most `timeout` to connect and `timeout` for each read, so a server
+    # that accepts and never answers is given up on after about attempts x 2 x timeout seconds
+    # (8 x 40 s by default), each retry logged.
     config = Config(
         retries={"mode": "standard", "max_attempts": attempts},
-        connect_timeout=10,
-        read_timeout=60,
+        connect_timeout=timeout,
+        read_timeout=timeout,
         max_pool_connections=32,
     )
     # A session of its own: boto3's default session caches settings read from the environment,
     # and creating clients from one shared session is not thread-safe.
-    return boto3.session.Session().client("s3", config=config, **overrides)
+    client = boto3.session.Session().client("s3", config=config, **overrides)
+    client.meta.events.register("needs-retry.s3", _log_retry)
+    return client
+
+
+def _env_number(var: str, default: float, low: float, high: float) -> float:
+    raw = os.environ.get(var)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise UsageError(f"{var}={raw!r}: takes a number from {low:g} to {high:g} "
+                         f"({default:g} by default)") from None
+    if not (low <= value <= high):  # also refuses nan
+        raise UsageError(f"{var}={raw!r}: takes a number from {low:g} to {high:g}")
+    return value
+
+
+def _log_retry(attempts: int = 0, caught_exception: Exception | None = None,
+               response: Any = None, operation: Any = None, **_: Any) -> None:
+    """A line on stderr for each failed S3 attempt (botocore decides whether to retry)."""
+    if caught_exception is None and not (isinstance(response, tuple) and len(response) > 1
+                                         and response[1].get("ResponseMetadata", {})
+                                         .get("HTTPStatusCode", 200) >= 500):
+        return
+    what = repr(caught_exception) if caught_exception is not None else \
+        f"HTTP {response[1]['ResponseMetadata']['HTTPStatusCode']}"
+    record = {"event": "s3_attempt_failed", "operation": getattr(operation, "name", None),
+              "attempt": attempts, "error": redact(what)[:300]}
+    sys.stderr.write(json.dumps(record) + "\n")
+
+
+def redact(text: str) -> str:
+    """``text`` with any user:password@ of a URL replaced by ``***@``."""
+    return re.sub(r"(?<=://)[^/@\s]+@", "***@", text)
 
 
 _CLIENT: tuple[int, Any] | None = None
@@ -372,12 +407,13 @@ def _kind_of(exc: Exception) -> str:
 
 
 def _reason(exc: Exception) -> str:
-    """botocore's error, said briefly: the S3 error code and message where there is one."""
+    """botocore's error, said briefly: the S3 error code and message where there is one (and
+    never the credentials an endpoint URL may carry)."""
     response = getattr(exc, "response", None)
     if isinstance(response, dict) and "Error" in response:
         err = response["Error"]
-        return f"{err.get('Code', '?')}: {err.get('Message', '')}".strip(": ")
-    return str(exc)
+        return redact(f"{err.get('Code', '?')}: {err.get('Message', '')}".strip(": "))
+    return redact(str(exc))
 
 
 def open_source(spec: str, exclude: str | os.PathLike[str] | None = None

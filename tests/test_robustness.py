@@ -241,3 +241,66 @@ def test_two_buckets_sharing_a_results_prefix_lose_nothing(s3_client, model_path
                                       "--workers", "0", "--faces", "off"])
         assert r.exit_code == 0, r.output
         assert "this run classified 1" in r.output, (b, r.output)
+
+
+def test_an_endpoint_that_never_answers_is_given_up_on_in_bounded_time(tmp_path):
+    """A server that accepts connections and says nothing: each attempt times out, is logged,
+    and the run ends with a clear error (exit 2), not a hang."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+                held.append(conn)  # never answered
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    port = server.getsockname()[1]
+    env = {**os.environ, "AWS_ENDPOINT_URL": f"http://user:secret@127.0.0.1:{port}",
+           "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1",
+           "MASKCORE_S3_ATTEMPTS": "3", "MASKCORE_S3_TIMEOUT": "1"}
+    try:
+        t0 = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "maskcore", "worker", "--source", SRC,
+                            "--results", RES, "--once"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=120)
+        took = time.monotonic() - t0
+    finally:
+        stop.set()
+        thread.join(5)
+        for c in held:
+            c.close()
+        server.close()
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert took < 60
+    assert r.stderr.count('"s3_attempt_failed"') >= 2
+    assert "error: StorageError: cannot list" in r.stderr
+    assert "secret" not in r.stderr  # credentials in an endpoint URL are never printed
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every folder: permissions cannot "
+                                              "make one unreadable (CI runs as root)")
+def test_an_unreadable_folder_is_an_error_row(tmp_path):
+    src = tmp_path / "in"
+    (src / "locked").mkdir(parents=True)
+    (src / "locked" / "a.png").write_bytes(encode(gradient()))
+    (src / "ok.png").write_bytes(encode(gradient()))
+    (src / "locked").chmod(0)
+    try:
+        code, output = batch(str(src), "--out", str(tmp_path / "out"), "--fail-on-error")
+    finally:
+        (src / "locked").chmod(0o755)
+    assert code == 1, output
+    by = {r["source"]: r for r in rows(tmp_path / "out")}
+    assert by["locked/"]["error"].startswith("cannot read folder")
