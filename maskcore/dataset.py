@@ -23,6 +23,7 @@ from maskcore.errors import DatasetError, ImageDecodeError
 from maskcore.pool import default_workers, make_pool
 from maskcore.preprocess import DEFAULT_SPEC, PreprocessSpec, load
 from maskcore.progress import Progress
+from maskcore.storage import walk_files
 
 __all__ = ["DatasetIndex", "FileInfo", "Sample", "audit", "format_audit", "inspect", "scan"]
 
@@ -91,9 +92,11 @@ def scan(root: str | os.PathLike[str]) -> DatasetIndex:
         raise DatasetError(f"no class folders under {root_path} (expected ROOT/<class>/<pictures>)")
     samples: list[Sample] = []
     for label, name in enumerate(classes):
-        files, skipped = _walk(root_path / name)
+        # The walk the batch job's input uses: iterative, each folder once, hidden skipped; a
+        # folder it cannot read becomes a sample whose read fails, so the audit lists it.
+        entries, skipped = walk_files(root_path / name)
         hidden += skipped
-        samples.extend(Sample(path=f, label=label) for f in files)
+        samples.extend(Sample(path=f, label=label) for f, _ in entries)
     return DatasetIndex(
         root=root_path,
         classes=tuple(classes),
@@ -101,21 +104,6 @@ def scan(root: str | os.PathLike[str]) -> DatasetIndex:
         hidden_skipped=hidden,
         stray_files=tuple(stray),
     )
-
-
-def _walk(folder: Path) -> tuple[list[Path], int]:
-    """All non-hidden files below ``folder``, sorted, and how many hidden entries were skipped."""
-    files: list[Path] = []
-    hidden = 0
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        hidden += sum(d.startswith(".") for d in dirnames)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if name.startswith("."):
-                hidden += 1
-            else:
-                files.append(Path(dirpath) / name)
-    return sorted(files), hidden
 
 
 def inspect(
