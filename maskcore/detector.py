@@ -171,7 +171,7 @@ class FaceDetector:
                         ) -> list[Detections]:
         """:meth:`detect` for pictures already scaled by :func:`letterbox` (in decode processes)."""
         out: list[Detections] = [Detections()] * len(canvases)
-        for (h, w), group, batch in self._batches(canvases):
+        for (h, w), group, batch in self.batches(canvases):
             loc, score = self.run(batch)
             for j, i in enumerate(group):
                 f = factors[i] if factors else 1.0
@@ -180,7 +180,7 @@ class FaceDetector:
         return out
 
 
-    def _batches(self, pictures: list[np.ndarray]
+    def batches(self, pictures: list[np.ndarray]
                  ) -> Iterator[tuple[tuple[int, int], list[int], np.ndarray]]:
         """(canvas shape, member indices, input batch) for each network call.
 

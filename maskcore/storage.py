@@ -143,9 +143,13 @@ class LocalSource:
             return iter([Ref(source=self.path.name, key=str(self.path.absolute()))])
         root = self.path
         entries, self.hidden_skipped = walk_files(root)
+        # Resolving every path costs a system call per path component: only when the excluded
+        # folder lies inside the input at all.
+        exclude = self.exclude if self.exclude is not None and \
+            _inside(self.exclude, root.resolve()) else None
         refs = []
         for full, problem in entries:
-            if self.exclude is not None and _inside(full, self.exclude):
+            if exclude is not None and _inside(full, exclude):
                 self.excluded += 1
                 continue
             rel = full.relative_to(root).as_posix() or "."
