@@ -20,9 +20,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
+
+from maskcore.errors import StorageError
 
 __all__ = [
     "ERROR_KINDS",
@@ -387,28 +389,55 @@ class ManifestWriter:
                  formats: tuple[str, ...] = ("jsonl", "csv"),
                  extra_fields: tuple[str, ...] = ()) -> None:
         self.out = Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
         self.classes = classes
         self.formats = formats
         self.tally = Tally()
-        self._pictures = _Table(self.out, "manifest", classes, formats, FIELDS, extra_fields)
-        self._faces = _Table(self.out, "faces", classes, formats, FACE_FIELDS, extra_fields)
+        self._tables: list[_Table] = []
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._pictures = _Table(self.out, "manifest", classes, formats, FIELDS, extra_fields)
+            self._tables.append(self._pictures)
+            self._faces = _Table(self.out, "faces", classes, formats, FACE_FIELDS, extra_fields)
+            self._tables.append(self._faces)
+        except OSError as exc:
+            self._fail(exc)
 
     def write(self, row: dict[str, Any]) -> None:
         """Append one picture row (and the face rows it carries) to every format."""
         row = dict(row)
         faces = row.pop(FACE_ROWS, None) or []
         self.tally.add(row)
-        self._pictures.write(row)
-        for face in faces:
-            self._faces.write(face)
+        try:
+            self._pictures.write(row)
+            for face in faces:
+                self._faces.write(face)
+        except OSError as exc:  # a full disk, a folder gone read-only
+            self._fail(exc)
 
     def close(self, summary: dict[str, Any]) -> Path:
         """Finish the files and write ``summary.json``; returns the summary's path."""
-        self._pictures.close()
-        self._faces.close()
-        path = self.out / "summary.json"
-        tmp = self.out / "summary.json.partial"
-        tmp.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-        tmp.replace(path)
+        try:
+            self._pictures.close()
+            self._faces.close()
+            path = self.out / "summary.json"
+            tmp = self.out / "summary.json.partial"
+            tmp.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+            tmp.replace(path)
+        except OSError as exc:
+            self._fail(exc)
         return path
+
+    def _fail(self, exc: OSError) -> NoReturn:
+        """Drop the unfinished files (the last complete results stay) and say why, as a run
+        error: exit code 2, not a traceback."""
+        for table in self._tables:
+            for fh, final in table.files:
+                try:
+                    fh.close()
+                except OSError:
+                    pass
+                try:
+                    (self.out / f"{final}.partial").unlink(missing_ok=True)
+                except OSError:
+                    pass
+        raise StorageError(f"cannot write results to {self.out}: {exc.strerror or exc}") from exc

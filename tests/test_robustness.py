@@ -304,3 +304,18 @@ def test_an_unreadable_folder_is_an_error_row(tmp_path):
     assert code == 1, output
     by = {r["source"]: r for r in rows(tmp_path / "out")}
     assert by["locked/"]["error"].startswith("cannot read folder")
+
+
+def test_an_output_location_that_cannot_be_written_is_a_run_error(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.png").write_bytes(encode(gradient()))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, output = batch(str(src), "--out", str(blocker))
+    assert code == 2 and "is a file" in output
+    # under a file, and where even root cannot create a folder
+    for out in (blocker / "below", Path("/proc/maskcore-results")):
+        code, output = batch(str(src), "--out", str(out))
+        assert code == 2, output
+        assert "cannot write results to" in output and "Traceback" not in output
