@@ -70,7 +70,10 @@ def test_ray_rows_equal_local_rows_on_s3(bucket, ray_env, tmp_path, model_path):
 
 @pytest.mark.slow
 def test_worker_once_on_ray_killed_and_rerun(bucket, ray_env, model_path):
-    expected = seed(bucket, 120, bad=False)
+    # Enough objects that the pass is still running when the second part appears (with 120 it
+    # sometimes finished in the moment between the check and the kill).
+    n = 320
+    expected = seed(bucket, n, bad=False)
     cmd = [sys.executable, "-m", "maskcore", "worker", "--source", SRC, "--results", RES,
            "--once", "--runner", "ray", "--batch-size", "8", "--model", str(model_path)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -81,16 +84,16 @@ def test_worker_once_on_ray_killed_and_rerun(bucket, ray_env, model_path):
         if len(bucket.list_objects_v2(Bucket=BUCKET, Prefix="results/parts/")
                .get("Contents", [])) >= 2:
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
     assert proc.poll() is None, "the worker finished before it could be killed mid-run"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
     proc.wait(10)
     done_before = len(part_rows(bucket))
-    assert 0 < done_before < 120
+    assert 0 < done_before < n
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     keys = [key_of(row) for row in part_rows(bucket)]
-    assert len(keys) == len(set(keys)) == 120
+    assert len(keys) == len(set(keys)) == n
     assert {key_of(row): row["status"] for row in manifest(bucket)} == expected
 
 
