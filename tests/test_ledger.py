@@ -1,0 +1,42 @@
+"""The results store in a bucket: parts as the ledger, ownership, consolidation with faces."""
+
+from __future__ import annotations
+
+import json
+
+from maskcore.ledger import ResultsStore
+from maskcore.manifest import FACE_ROWS
+from maskcore.storage import S3Store
+
+
+def _row(source: str, etag: str, *, kind: str = "", faces: int = 0) -> dict:
+    status = "error" if kind else "ok"
+    return {"source": source, "etag": etag, "status": status, "label": "" if kind else "with_mask",
+            "score": None if kind else 0.9, "probabilities": {}, "faces": faces,
+            "face_counts": {}, "error": "x" if kind else "", "error_kind": kind,
+            "processed_at": "2026-11-24T00:00:00.000Z",
+            FACE_ROWS: [{"source": source, "etag": etag, "face": k, "label": "with_mask"}
+                        for k in range(faces)]}
+
+
+def test_done_is_bucket_key_etag_and_transient_errors_are_not(s3_client):
+    s3_client.create_bucket(Bucket="res-bucket")
+    store = ResultsStore(S3Store("s3://res-bucket/res"), "m1", ["with_mask", "without_mask"])
+    assert store.store.location.prefix == "res/"  # a results prefix is a folder
+    store.write_part([_row("s3://a/in/x.png", "e1", faces=2),
+                      _row("s3://a/in/y.png", "e2", kind="read"),
+                      _row("s3://a/in/z.png", "e3", kind="decode")])
+    again = ResultsStore(S3Store("s3://res-bucket/res/"), "m1", ["with_mask", "without_mask"])
+    again.refresh()  # a new process reads what is done from the parts alone
+    assert again.is_done("s3://a/in/x.png", "e1")
+    assert not again.is_done("s3://b/in/x.png", "e1")  # another bucket, same key and content
+    assert not again.is_done("s3://a/in/y.png", "e2")  # a read error is tried again
+    assert again.is_done("s3://a/in/z.png", "e3")  # not a picture: a result, not a retry
+    assert again.owns("res-bucket", "res/parts/m1/p.jsonl") and again.owns("res-bucket", "res/manifest.csv")
+    assert not again.owns("res-bucket", "res/photo.jpg") and not again.owns("other", "res/manifest.csv")
+    summary = again.consolidate()
+    assert summary["total"] == 3 and summary["faces"] == 2
+    faces = s3_client.get_object(Bucket="res-bucket", Key="res/faces.jsonl")["Body"].read().decode()
+    assert [json.loads(x)["face"] for x in faces.split("\n") if x] == [0, 1]
+    manifest = s3_client.get_object(Bucket="res-bucket", Key="res/manifest.jsonl")["Body"].read().decode()
+    assert FACE_ROWS not in manifest

@@ -1,0 +1,70 @@
+"""Rows built in one place, and the writers: verdicts, uncertain, CSV safety, atomic files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+
+from maskcore.faces import PictureResult
+from maskcore.manifest import FACE_ROWS, ManifestWriter, RowBuilder, csv_safe, is_transient
+from maskcore.storage import Ref
+
+CLASSES = ["with_mask", "without_mask", "mask_weared_incorrect"]
+
+
+def builder(threshold: float = 0.5) -> RowBuilder:
+    return RowBuilder(CLASSES, threshold=threshold, model_id="m", detector_id="d",
+                      preprocess_version="v")
+
+
+def result(probas: list[list[float]], closeup: int = -1) -> PictureResult:
+    n = len(probas)
+    return PictureResult(Ref("a.jpg", "/a.jpg"), "s", 100, 80,
+                         boxes=np.tile(np.array([[1, 2, 30, 40]], np.float32), (n, 1)),
+                         face_scores=np.full(n, 0.9, np.float32),
+                         face_proba=np.array(probas, np.float32), faces_checked=True,
+                         closeup_face=closeup)
+
+
+def test_the_verdict_is_the_most_serious_confident_face():
+    row = builder()(
+        [result([[0.9, 0.05, 0.05], [0.1, 0.1, 0.8], [0.4, 0.35, 0.25]])])[0]
+    assert [f["label"] for f in row[FACE_ROWS]] == ["with_mask", "mask_weared_incorrect",
+                                                    "uncertain"]
+    assert row["label"] == "mask_weared_incorrect" and row["faces"] == 3
+    assert row["face_counts"] == {"mask_weared_incorrect": 1, "uncertain": 1, "with_mask": 1}
+    assert row["probabilities"]["mask_weared_incorrect"] == 0.8
+    # a close-up's main face alone decides
+    row = builder()([result([[0.95, 0.05, 0.0], [0.1, 0.9, 0.0]], closeup=0)])[0]
+    assert row["label"] == "with_mask" and row["faces"] == 2
+
+
+def test_no_face_and_error_rows():
+    whole = PictureResult(Ref("b.jpg", "/b.jpg"), "s", 10, 10, faces_checked=True,
+                          whole=np.array([0.2, 0.7, 0.1], np.float32))
+    row = builder()([whole])[0]
+    assert (row["faces"], row["label"], row[FACE_ROWS]) == (0, "without_mask", [])
+    err = builder()([PictureResult(Ref("c.jpg", "/c.jpg"), error="cannot read: x",
+                                   error_kind="not_found")])[0]
+    assert err["status"] == "error" and err["error_kind"] == "not_found"
+    assert not is_transient(err) and is_transient({**err, "error_kind": "read"})
+
+
+def test_writer_splits_faces_and_keeps_csv_safe(tmp_path):
+    rows = builder()([result([[0.9, 0.05, 0.05]])])
+    rows[0]["source"] = "=cmd.jpg"
+    out = tmp_path / "out"
+    w = ManifestWriter(out, CLASSES)
+    for r in rows:
+        w.write(r)
+    assert not (out / "manifest.jsonl").exists()  # nothing looks finished before close
+    w.close({"total": 1})
+    pic = json.loads((out / "manifest.jsonl").read_text())
+    assert pic["source"] == "=cmd.jpg" and FACE_ROWS not in pic
+    assert len((out / "faces.jsonl").read_text().split("\n")) == 2
+    rec = next(csv.DictReader(io.StringIO((out / "manifest.csv").read_text(), newline="")))
+    assert rec["source"] == "'=cmd.jpg" and rec["n_with_mask"] == "1" and rec["faces"] == "1"
+    assert csv_safe(-1.5) == -1.5 and csv_safe("@x") == "'@x" and csv_safe("x=1") == "x=1"
