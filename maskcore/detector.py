@@ -60,11 +60,6 @@ class Detections:
         """A subset, by a boolean mask, an index array or a slice."""
         return Detections(self.xyxy[index].reshape(-1, 4), self.score[index].reshape(-1))
 
-    @property
-    def widths(self) -> np.ndarray:
-        out: np.ndarray = self.xyxy[:, 2] - self.xyxy[:, 0]
-        return out
-
 
 @dataclass(frozen=True)
 class DetectorSpec:

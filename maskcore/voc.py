@@ -9,7 +9,6 @@ added. 70% train, 15% validation, 15% test.
 
 from __future__ import annotations
 
-import hashlib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +99,3 @@ def split_of_digest(sha256_hex: str) -> str:
             return name
     raise AssertionError("SPLIT_PERCENT must add up to 100")
 
-
-def split_of_file(path: str | Path) -> str:
-    """:func:`split_of_digest` of a file's bytes."""
-    return split_of_digest(hashlib.sha256(Path(path).read_bytes()).hexdigest())
