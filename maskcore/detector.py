@@ -26,7 +26,7 @@ import json
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -112,17 +112,16 @@ class FaceDetector:
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot read the face detector's card {path}: {exc}") from exc
         self.card = meta
-        spec = meta.get("spec", {})
-        self.spec = replace(DetectorSpec(
-            canvas=int(spec.get("canvas", 640)),
-            score_threshold=float(spec.get("score_threshold", 0.5)),
-            nms_iou=float(spec.get("nms_iou", 0.4)),
-            min_face=float(spec.get("min_face", 0.0)),
-            max_faces=int(spec.get("max_faces", 200)),
-            mean_bgr=tuple(spec.get("mean_bgr", (104.0, 117.0, 123.0))),
-            box_adjust=tuple(spec.get("box_adjust", (1.0, 1.0, 0.0, 0.0))),
-        ), **overrides)
-        self.path = path.parent / meta["onnx_file"]
+        # The card's values over DetectorSpec's defaults (written once, there); JSON lists are
+        # the spec's tuples.
+        known = {f.name for f in fields(DetectorSpec)}
+        settings: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                    for k, v in {**meta.get("spec", {}), **overrides}.items() if k in known}
+        try:
+            self.spec = DetectorSpec(**settings)
+            self.path = path.parent / meta["onnx_file"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"the face detector's card {path} is malformed: {exc}") from exc
         if not self.path.is_file():
             raise ModelError(f"face detector not found: {self.path}")
         self.sha256 = file_sha256(self.path)

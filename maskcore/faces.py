@@ -27,12 +27,8 @@ from maskcore.engine import Device, Engine
 from maskcore.errors import UsageError
 from maskcore.preprocess import crop_face, to_input
 
-__all__ = ["Analyzer", "FaceOptions", "PictureResult", "VERDICT_ORDER", "load_analyzer", "open_analyzer",
-           "results_id", "verdict_of"]
-
-#: The picture's verdict is its most serious face label, in this order; labels not listed
-#: (``uncertain``) count only when a picture has no other.
-VERDICT_ORDER = ("without_mask", "mask_weared_incorrect", "with_mask")
+__all__ = ["Analyzer", "FaceOptions", "PictureResult", "load_analyzer", "open_analyzer",
+           "results_id"]
 
 #: Default margin around a face box, a share of its size on each side (recorded in the card
 #: of a model trained on face crops, which then wins).
@@ -42,7 +38,7 @@ DEFAULT_MARGIN = 0.1
 #: face: the classifier sees the whole picture for it, as close-ups are seen in training, and
 #: that face alone decides the picture's verdict (the small boxes around a close-up were
 #: mostly false or background faces on the close-ups' validation split). Chosen on the
-#: validation pictures of both datasets; ``MASKCORE_CLOSEUP`` overrides it (1 turns it off).
+#: validation pictures of both datasets; ``FaceOptions.closeup`` overrides it (1 turns it off).
 CLOSEUP_SHARE = 0.2
 
 
@@ -53,7 +49,7 @@ class FaceOptions:
     mode: str = "auto"  # "auto": detect faces; "off": classify every picture whole
     detector: str | None = None  # the detector's card; None for the bundled one
     margin: float | None = None  # None: the classifier card's crop margin, else DEFAULT_MARGIN
-    closeup: float | None = None  # None: $MASKCORE_CLOSEUP, else CLOSEUP_SHARE; 1.0 turns it off
+    closeup: float = CLOSEUP_SHARE  # 1.0 turns the close-up rule off
     overrides: dict[str, Any] = field(default_factory=dict)  # DetectorSpec fields to change
 
     def __post_init__(self) -> None:
@@ -81,14 +77,6 @@ class PictureResult(RefFacts):
     closeup_face: int = -1  # the main face of a close-up (it alone decides the verdict), or -1
 
 
-def verdict_of(labels: list[str]) -> str:
-    """The most serious label among a picture's faces (see :data:`VERDICT_ORDER`)."""
-    for label in VERDICT_ORDER:
-        if label in labels:
-            return label
-    return labels[0] if labels else ""
-
-
 class Analyzer:
     """The classifier engine and, with the face stage, the detector: decoded items -> results.
 
@@ -106,12 +94,9 @@ class Analyzer:
         card = faces.detector or os.environ.get("MASKCORE_DETECTOR") or None
         self.detector = FaceDetector(card, device=device, threads=threads,
                                      **faces.overrides) if faces.enabled else None
-        crop = engine.card.extra.get("face_crop", {}) if isinstance(engine.card.extra, dict) \
-            else {}
+        crop = engine.card.extra.get("face_crop", {})
         self.margin = faces.margin if faces.margin is not None else \
             float(crop.get("margin", DEFAULT_MARGIN))
-        self.closeup = faces.closeup if faces.closeup is not None else \
-            float(os.environ.get("MASKCORE_CLOSEUP") or CLOSEUP_SHARE)
 
     @property
     def detector_spec(self) -> DetectorSpec | None:
@@ -161,7 +146,7 @@ class Analyzer:
                     continue
                 areas = (det.xyxy[:, 2] - det.xyxy[:, 0]) * (det.xyxy[:, 3] - det.xyxy[:, 1])
                 main = int(np.argmax(areas))
-                if areas[main] >= self.closeup * pic.width * pic.height:  # type: ignore[union-attr]
+                if areas[main] >= self.faces.closeup * pic.width * pic.height:  # type: ignore[union-attr]
                     r.closeup_face = main
                 for k, box in enumerate(det.xyxy):
                     if k == r.closeup_face:

@@ -32,6 +32,7 @@ __all__ = [
     "FACE_ROWS",
     "FIELDS",
     "RowBuilder",
+    "VERDICT_ORDER",
     "is_transient",
     "ManifestWriter",
     "Tally",
@@ -41,6 +42,7 @@ __all__ = [
     "rows_to_csv",
     "rows_to_jsonl",
     "utc_now",
+    "verdict_of",
 ]
 
 #: Picture row fields in order. Worker rows add ``etag`` after ``source``. ``faces`` is the number
@@ -160,6 +162,19 @@ def error_row(
     }
 
 
+#: A picture's verdict is its most serious face label, in this order; labels not listed
+#: (``uncertain``) count only when a picture has no other.
+VERDICT_ORDER = ("without_mask", "mask_weared_incorrect", "with_mask")
+
+
+def verdict_of(labels: list[str]) -> str:
+    """The most serious label among a picture's faces (see :data:`VERDICT_ORDER`)."""
+    for label in VERDICT_ORDER:
+        if label in labels:
+            return label
+    return labels[0] if labels else ""
+
+
 class RowBuilder:
     """Rows from analysis results: the one place a row is made, for every runner and job.
 
@@ -196,8 +211,6 @@ class RowBuilder:
         if faces:
             # The verdict: the most serious face (a close-up's main face alone); its
             # probabilities stand for the picture.
-            from maskcore.faces import verdict_of
-
             voters = [faces[r.closeup_face]] if r.closeup_face >= 0 else faces
             verdict = verdict_of([f["label"] for f in voters])
             deciding = max((f for f in voters if f["label"] == verdict), key=lambda f: f["score"])
