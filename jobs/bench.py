@@ -123,7 +123,8 @@ def bench_onnx(engine: Engine, x: np.ndarray, batch: int = 64) -> float:
 def bench(data: Path, model: str, limit: int, workers: int | None, device: str, precision: str,
           scenes: Path, write: Path | None) -> None:
     """Measure (a)-(e) on the same pictures and print the ratios."""
-    from jobs.batch import run_batch
+    from maskcore.batch import run_batch
+    from maskcore.runners import make_runner
 
     workers = default_workers() if workers is None else workers
     index = scan(data)
@@ -168,7 +169,8 @@ def bench(data: Path, model: str, limit: int, workers: int | None, device: str, 
         if _has("ray"):
             ray_summary = run_batch(str(tmp / "in"), tmp / "out_ray", model=model, device=device,
                                     precision=engine.precision, faces="off", workers=workers,
-                                    show_progress=False, runner="ray")
+                                    show_progress=False,
+                                    runner=make_runner("ray", device=device))
             results["f"] = ray_summary["wall_seconds"]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

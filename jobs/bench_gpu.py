@@ -37,7 +37,7 @@ def _rate(fn: object, n: int, repeat: int = 3) -> float:
 @click.option("--device", default="cuda", type=click.Choice(["cuda", "cpu", "auto"]))
 def bench_gpu(data: Path, device: str) -> None:
     """Print a Markdown table of pictures (or faces) a second on ``device``."""
-    from jobs.batch import run_batch
+    from maskcore.batch import run_batch
 
     rows = []
     engine = Engine(device=device, precision="fp32")  # type: ignore[arg-type]

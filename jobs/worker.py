@@ -17,21 +17,20 @@ from maskcore.cli import (
     run_command,
     serving_options,
 )
-from maskcore.faces import FaceOptions, open_analyzer
+from maskcore.faces import FaceOptions
+from maskcore.runners import Runner, make_runner
 from maskcore.settings import DEFAULTS
 from maskcore.worker import Worker, WorkerConfig, log_event, parse_shard
 
 __all__ = ["worker", "run_worker"]
 
 
-def run_worker(cfg: WorkerConfig, *, model: str | None, device: str,
+def run_worker(cfg: WorkerConfig, runner: Runner, *, model: str | None,
                precision: str = DEFAULTS.precision, faces: str = DEFAULTS.faces,
                show_progress: bool = False) -> dict[str, Any]:
     """Build the analyzer and worker, install the signal handlers, run. Returns the summary."""
-    analyzer = open_analyzer(model, device=device, precision=precision,
-                             faces=FaceOptions(mode=faces), runner=cfg.runner,
-                             actors_on_gpu=bool(cfg.ray and cfg.ray.gpus_per_actor > 0))
-    w = Worker(cfg, analyzer, device=device)
+    analyzer = runner.open_analyzer(model, precision=precision, faces=FaceOptions(mode=faces))
+    w = Worker(cfg, analyzer, runner)
 
     def on_signal(signum: int, frame: Any) -> None:
         if w.stopping:  # the second signal: no more waiting
@@ -56,16 +55,17 @@ SHORT_HELP = "Watch an S3 prefix and classify what lands (--once: one pass)."
               help="Where result parts and the consolidated manifest go: s3://bucket/results/.")
 @click.option("--once", is_flag=True, envvar="MASKCORE_ONCE", show_envvar=True,
               help="One pass over everything not yet done, consolidate, exit (the nightly run).")
-@click.option("--poll-interval", default=10.0, show_default=True, envvar="MASKCORE_POLL_INTERVAL",
-              show_envvar=True, type=Finite(0.1, 86400), help="Seconds between listings.")
-@click.option("--max-wait", default=2.0, show_default=True, envvar="MASKCORE_MAX_WAIT",
-              show_envvar=True, type=Finite(0, 3600),
+@click.option("--poll-interval", default=WorkerConfig.poll_interval, show_default=True,
+              envvar="MASKCORE_POLL_INTERVAL", show_envvar=True, type=Finite(0.1, 86400),
+              help="Seconds between listings.")
+@click.option("--max-wait", default=WorkerConfig.max_wait, show_default=True,
+              envvar="MASKCORE_MAX_WAIT", show_envvar=True, type=Finite(0, 3600),
               help="Seconds a partial batch waits for more pictures before it is sent.")
 @click.option("--reprocess", is_flag=True, envvar="MASKCORE_REPROCESS", show_envvar=True,
               help="Classify everything again, done or not (after a model change, say).")
 @click.option("--shard", default=None, envvar="MASKCORE_SHARD", show_envvar=True,
               help="I/N: take only the keys whose hash falls in shard I of N (run N workers).")
-@click.option("--consolidate-every", default=300.0, show_default=True,
+@click.option("--consolidate-every", default=WorkerConfig.consolidate_every, show_default=True,
               envvar="MASKCORE_CONSOLIDATE_EVERY", show_envvar=True, type=Finite(1, 86400),
               help="Seconds between refreshes of the consolidated manifest when watching.")
 @click.option("--progress/--no-progress", default=None,
@@ -94,11 +94,11 @@ def worker(source: str, results: str, once: bool, poll_interval: float, max_wait
         cfg = WorkerConfig(source=source, results=results, once=once,
                            poll_interval=poll_interval, batch_size=batch_size,
                            max_wait=max_wait, reprocess=reprocess, shard=parse_shard(shard),
-                           workers=workers, consolidate_every=consolidate_every,
-                           threshold=threshold, runner=runner,
-                           ray=ray_options_from(ray_args) if runner == "ray" else None)
+                           consolidate_every=consolidate_every, threshold=threshold)
+        chosen = make_runner(runner, workers=workers, device=device,
+                             ray_options=ray_options_from(ray_args))
         show = sys.stderr.isatty() if progress is None else progress
-        return run_worker(cfg, model=model, device=device, precision=precision, faces=faces,
+        return run_worker(cfg, chosen, model=model, precision=precision, faces=faces,
                           show_progress=show)
 
     summary = run_command(_run)

@@ -179,28 +179,14 @@ def load_analyzer(model_path: str, precision: str, faces: FaceOptions, threads: 
 
 
 def open_analyzer(model: str | None, *, device: str = "auto", precision: str = "auto",
-                  faces: FaceOptions = FaceOptions(), runner: str = "local",
-                  actors_on_gpu: bool = False) -> Analyzer:
-    """The analyzer a job's driver opens.
-
-    With the local runner it runs the models itself, on ``device``. With Ray it only reads the
-    cards (on the CPU), since the actors run the models; it then settles the precision for them:
-    ``auto`` is float32 when they get GPUs (``device="cuda"`` or ``actors_on_gpu``), else what
-    the CPU would run, so the model id the driver reports (and the worker's ledger uses) is the
-    one the actors run.
+                  faces: FaceOptions = FaceOptions()) -> Analyzer:
+    """The analyzer a job's driver opens, running its models here on ``device`` (a runner that
+    runs them elsewhere opens it through :meth:`maskcore.runners.Runner.open_analyzer`).
 
     Raises:
-        UsageError: ``runner`` is ``ray`` and Ray is not installed (checked before any work), or
-            options that cannot work here.
+        UsageError: options that cannot work here (``device="cuda"`` without CUDA).
         ModelError: the classifier or the detector cannot be used.
     """
-    if runner == "ray":
-        from maskcore.ray_runner import require_ray
-
-        require_ray()
-        if precision == "auto" and (device == "cuda" or actors_on_gpu):
-            precision = "fp32"
-        device = "cpu"
     engine = Engine(model, device=device, precision=precision)  # type: ignore[arg-type]
     return Analyzer(engine, faces, device=engine.device)  # type: ignore[arg-type]
 

@@ -32,9 +32,16 @@ from maskcore.manifest import (
     rows_to_jsonl,
     split_faces,
 )
-from maskcore.storage import S3Store
+from maskcore.storage import Ref, S3Store
 
-__all__ = ["ResultsStore"]
+__all__ = ["ResultsStore", "etag_field"]
+
+
+def etag_field(ref: Ref) -> dict[str, str]:
+    """The field a worker's rows add: the object's ETag, half of the ledger's identity.
+
+    A module-level function, not a lambda, so it travels to decode processes and Ray actors."""
+    return {"etag": ref.etag}
 
 
 class ResultsStore:

@@ -88,14 +88,13 @@ class Classifier:
     """Ray actor: the shared analyzer, loaded once, turning decoded batches into rows (as JSON)."""
 
     def __init__(self, model: str, device: str, precision: str, faces: FaceOptions,
-                 threshold: float, with_etag: bool) -> None:
+                 threshold: float, row_extra: Callable[[Ref], dict[str, Any]] | None) -> None:
         from maskcore.faces import load_analyzer
         from maskcore.pipeline import row_builder
 
         self.analyzer = load_analyzer(model, precision, faces, threads=None,
                                       device=device)  # type: ignore[arg-type]
-        self.rows = row_builder(self.analyzer, threshold,
-                                (lambda ref: {"etag": ref.etag}) if with_etag else None)
+        self.rows = row_builder(self.analyzer, threshold, row_extra)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = [pickle.loads(b) for b in batch["item"]]
@@ -144,15 +143,16 @@ def classify_ray(
     batch_size: int = 64,
     threshold: float = 0.5,
     progress: Progress | None = None,
-    with_etag: bool = False,
+    row_extra: Callable[[Ref], dict[str, Any]] | None = None,
     on_batch: Callable[[list[dict[str, Any]]], None] | None = None,
     stop: Callable[[], bool] | None = None,
     options: RayOptions = RayOptions(),
 ) -> tuple[StageTimes, dict[str, float]]:
     """Classify ``refs`` on Ray; rows reach ``emit`` in input order, as in the local runner.
 
-    ``analyzer`` is the driver's (:func:`maskcore.faces.open_analyzer`): every actor loads the
-    same model file, precision and face stage it settled on, on ``device``.
+    ``analyzer`` is the driver's (:meth:`maskcore.runners.RayRunner.open_analyzer`): every actor
+    loads the same model file, precision and face stage it settled on, on ``device``. The other
+    arguments are :func:`maskcore.pipeline.classify`'s (``row_extra`` travels to the actors).
 
     Returns:
         Stage times (the driver's view: waiting and writing) and the cluster's resources.
@@ -189,7 +189,7 @@ def classify_ray(
             fn_constructor_kwargs={"model": str(analyzer.engine.path), "device": device,
                                    "precision": analyzer.engine.precision,
                                    "faces": analyzer.faces, "threshold": threshold,
-                                   "with_etag": with_etag},
+                                   "row_extra": row_extra},
             compute=ray.data.ActorPoolStrategy(size=options.inference_actors),
             batch_size=batch_size, batch_format="numpy",
             num_cpus=options.cpus_per_actor, num_gpus=options.gpus_per_actor,

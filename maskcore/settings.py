@@ -31,7 +31,7 @@ DEFAULTS = ServingSettings()
 #: Environment variable of each setting (the CLI declares the same names).
 ENV = {"model": "MASKCORE_MODEL", "device": "MASKCORE_DEVICE", "precision": "MASKCORE_PRECISION",
        "faces": "MASKCORE_FACES", "batch_size": "MASKCORE_BATCH_SIZE",
-       "threshold": "MASKCORE_THRESHOLD"}
+       "threshold": "MASKCORE_THRESHOLD", "consolidate_every": "MASKCORE_CONSOLIDATE_EVERY"}
 
 _CHOICES = {"device": ("auto", "cpu", "cuda"), "precision": ("auto", "fp32", "int8"),
             "faces": ("auto", "off")}
@@ -64,6 +64,8 @@ def parse_setting(name: str, raw: str) -> Any:
         return _number(var, raw, int, 1, 4096, "a whole number from 1 to 4096")
     if name == "threshold":
         return _number(var, raw, float, 0.0, 1.0, "a number from 0 to 1")
+    if name == "consolidate_every":
+        return _number(var, raw, float, 1.0, 86400.0, "seconds, from 1 to 86400")
     return raw
 
 

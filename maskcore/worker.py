@@ -20,9 +20,9 @@ from typing import Any
 
 from maskcore.errors import StorageError, UsageError
 from maskcore.faces import Analyzer, results_id
-from maskcore.ledger import ResultsStore
-from maskcore.pipeline import classify
+from maskcore.ledger import ResultsStore, etag_field
 from maskcore.progress import Progress
+from maskcore.runners import LocalRunner, Runner
 from maskcore.settings import DEFAULTS
 from maskcore.storage import Ref, S3Store
 
@@ -67,23 +67,26 @@ class WorkerConfig:
     max_wait: float = 2.0  # seconds to let a partial batch fill before sending it
     reprocess: bool = False  # redo objects already done for this model
     shard: tuple[int, int] = (0, 1)
-    workers: int | None = None  # decode processes; None = all cores
     consolidate_every: float = 300.0  # seconds between manifest refreshes when watching
     threshold: float = DEFAULTS.threshold
-    runner: str = "local"  # or "ray": the same stages on a Ray cluster (once mode only)
-    ray: Any = None  # RayOptions for the ray runner
 
 
 class Worker:
-    """Runs the watch/once loop for one source prefix and one model."""
+    """Runs the watch/once loop for one source prefix and one model.
 
-    def __init__(self, cfg: WorkerConfig, analyzer: Analyzer, device: str = "auto") -> None:
-        if cfg.runner == "ray" and not cfg.once:
-            raise UsageError("--runner ray runs the nightly pass: use it with --once")
+    ``runner`` is where the analyzing runs (this machine's decode processes by default; a Ray
+    cluster for the nightly pass) and ``analyzer`` the one it opened.
+    """
+
+    def __init__(self, cfg: WorkerConfig, analyzer: Analyzer,
+                 runner: Runner | None = None) -> None:
+        runner = runner or LocalRunner()
+        if runner.name != "local" and not cfg.once:
+            raise UsageError(f"--runner {runner.name} runs the nightly pass: use it with --once")
         self.cfg = cfg
         self.analyzer = analyzer
         self.engine = analyzer.engine
-        self.device = device  # what the Ray actors are asked for
+        self.runner = runner
         self.source = S3Store(cfg.source)
         self.results = ResultsStore(S3Store(cfg.results), results_id(analyzer),
                                     self.engine.classes)
@@ -138,20 +141,10 @@ class Worker:
             batch_start[0] = time.monotonic()
 
         batch_start = [time.monotonic()]
-        if self.cfg.runner == "ray":
-            from maskcore.ray_runner import RayOptions, classify_ray
-
-            classify_ray(refs, self.source, self.analyzer, lambda row: None,
-                         device=self.device, batch_size=self.cfg.batch_size,
-                         threshold=self.cfg.threshold, progress=progress, with_etag=True,
-                         on_batch=on_batch, stop=self._stop.is_set,
-                         options=self.cfg.ray or RayOptions())
-        else:
-            classify(refs, self.source, self.analyzer, lambda row: None,
-                     batch_size=self.cfg.batch_size, workers=self.cfg.workers,
-                     threshold=self.cfg.threshold, progress=progress,
-                     row_extra=lambda ref: {"etag": ref.etag}, on_batch=on_batch,
-                     stop=self._stop.is_set)
+        self.runner.run(refs, self.source, self.analyzer, lambda row: None,
+                        batch_size=self.cfg.batch_size, threshold=self.cfg.threshold,
+                        progress=progress, row_extra=etag_field, on_batch=on_batch,
+                        stop=self._stop.is_set)
         return written
 
     def run(self, *, show_progress: bool = False) -> dict[str, Any]:
@@ -164,8 +157,8 @@ class Worker:
         self.results.store.check()
         log_event("start", source=self.cfg.source, results=self.cfg.results,
                   model_id=self.engine.model_id, detector_id=self.analyzer.detector_id,
-                  device=self.engine.device,
-                  precision=self.engine.precision, once=self.cfg.once, runner=self.cfg.runner,
+                  **self.runner.facts(self.analyzer),
+                  precision=self.engine.precision, once=self.cfg.once,
                   shard=f"{self.cfg.shard[0]}/{self.cfg.shard[1]}")
         last_consolidated = time.monotonic()
         while not self.stopping:
@@ -212,9 +205,8 @@ class Worker:
     def _consolidate(self) -> dict[str, Any]:
         t0 = time.monotonic()
         summary = self.results.consolidate({
-            "source": self.cfg.source, "runner": self.cfg.runner,
-            "device": self.device if self.cfg.runner == "ray" else self.engine.device,
-            "provider": self.engine.provider, "precision": self.engine.precision,
+            "source": self.cfg.source, **self.runner.facts(self.analyzer),
+            "precision": self.engine.precision,
             "faces_mode": self.analyzer.faces.mode, "detector_id": self.analyzer.detector_id,
             "batch_size": self.cfg.batch_size,
             "this_run": dict(self.totals),

@@ -7,7 +7,7 @@ from urllib.parse import quote_plus
 
 import pytest
 
-import jobs.serverless as serverless
+import maskcore.serverless as serverless
 from tests.faulty_proxy import FaultyProxy
 from tests.helpers import BAD_INPUTS, encode, gradient
 
@@ -23,7 +23,6 @@ def env(s3_client, monkeypatch, model_path):
     for name in ("_ENGINE", "_RESULTS"):
         monkeypatch.setattr(serverless, name, None)
     monkeypatch.setattr(serverless, "_LAST_CONSOLIDATED", 0.0)
-    monkeypatch.setitem(serverless.LOADS, "engine", 0)
     return s3_client
 
 
@@ -68,6 +67,7 @@ def test_direct_s3_event_and_duplicate_delivery(env):
     event = {"Records": [s3_record(k, e) for k, e in zip(keys, etags, strict=True)]}
     out = serverless.handler(event, None)
     assert out == {"classified": 3, "duplicates": 0, "errors": 1}
+    loaded = serverless._ENGINE
     rows = {r["source"]: r for r in part_rows(env)}
     assert set(rows) == {f"s3://{BUCKET}/{k}" for k in keys}
     assert rows[f"s3://{BUCKET}/incoming/broken.jpg"]["status"] == "error"
@@ -77,7 +77,7 @@ def test_direct_s3_event_and_duplicate_delivery(env):
     assert len(part_rows(env)) == 3
     manifest = env.get_object(Bucket=BUCKET, Key="results/manifest.jsonl")["Body"].read()
     assert len(manifest.splitlines()) == 3
-    assert serverless.LOADS["engine"] == 1  # loaded once across invocations
+    assert loaded is not None and serverless._ENGINE is loaded  # loaded once per container
 
 
 def test_sqs_wrapped_with_transient_and_permanent_failures(env, s3, monkeypatch):

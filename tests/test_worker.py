@@ -243,11 +243,12 @@ def test_s3_faults_are_retried_and_every_object_ends_with_one_row(bucket, model_
 def test_vanished_object_is_an_error_row_and_the_loop_goes_on(bucket, model_path):
     """An object listed and then deleted before it is read: an error row, retried later."""
     from maskcore.faces import open_analyzer
+    from maskcore.runners import LocalRunner
     from maskcore.worker import Worker, WorkerConfig
 
     seed(bucket, 6, bad=False)
-    w = Worker(WorkerConfig(source=SRC, results=RES, once=True, workers=0),
-               open_analyzer(str(model_path)))
+    w = Worker(WorkerConfig(source=SRC, results=RES, once=True),
+               open_analyzer(str(model_path)), LocalRunner(workers=0))
     todo = w.pending()
     bucket.delete_object(Bucket=BUCKET, Key="incoming/0002.jpg")
     assert w.process(todo) == 6

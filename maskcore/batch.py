@@ -1,0 +1,137 @@
+"""The batch job: classify everything under an input into a manifest, faces and a summary.
+
+:func:`run_batch` is what ``maskcore batch`` (``jobs/batch.py``) and the benchmark call: list
+the input, open the models through the runner, stream rows into the
+:class:`~maskcore.manifest.ManifestWriter`, and write the summary last.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from maskcore.faces import FaceOptions
+from maskcore.manifest import ManifestWriter
+from maskcore.pool import capped_workers
+from maskcore.progress import Progress
+from maskcore.runners import Runner, make_runner
+from maskcore.settings import DEFAULTS
+from maskcore.storage import LocalSource, S3Store, open_source
+
+__all__ = ["FORMATS", "format_summary", "run_batch"]
+
+#: The manifest formats ``--format`` accepts.
+FORMATS = ("jsonl", "csv")
+
+
+def _say(line: str) -> None:
+    """A line of what the job is doing, on stderr (stdout keeps the end-of-run table)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def run_batch(
+    input_spec: str,
+    out: Path,
+    *,
+    model: str | None = None,
+    batch_size: int = DEFAULTS.batch_size,
+    device: str = DEFAULTS.device,
+    precision: str = DEFAULTS.precision,
+    faces: str = DEFAULTS.faces,
+    workers: int | None = None,
+    formats: tuple[str, ...] = FORMATS,
+    threshold: float = DEFAULTS.threshold,
+    show_progress: bool = True,
+    runner: Runner | None = None,
+) -> dict[str, Any]:
+    """Classify every file under ``input_spec``; write the manifest, faces and summary into ``out``.
+
+    Args:
+        runner: where the analyzing runs (:func:`maskcore.runners.make_runner`); default this
+            machine's decode processes (``workers`` of them; None means all cores).
+
+    Returns:
+        The summary (as written to ``summary.json``).
+
+    Raises:
+        StorageError: the input cannot be found or listed.
+        ModelError: the model or its card cannot be used.
+        UsageError: options that cannot work here (``--device cuda`` without CUDA).
+    """
+    started = datetime.now(timezone.utc)
+    t0 = time.monotonic()
+    source = open_source(input_spec, exclude=out)
+    if isinstance(source, S3Store):
+        source.check()
+    runner = runner or make_runner(workers=workers, device=device)
+    workers = capped_workers(workers)
+    analyzer = runner.open_analyzer(model, precision=precision, faces=FaceOptions(mode=faces))
+    engine = analyzer.engine
+    facts = runner.facts(analyzer)
+    where = f"{facts['device']} [{facts['provider']}]"
+    _say(f"model {engine.model_id} ({engine.path}, {engine.precision}) on {where}")
+    if analyzer.detector is not None:
+        _say(f"faces: detector {analyzer.detector_id} ({analyzer.detector.path.name}, "
+             f"canvas {analyzer.detector.spec.canvas} px)")
+    refs = list(source.list())
+    skipped = source.hidden_skipped if isinstance(source, LocalSource) else 0
+    own = source.excluded if isinstance(source, LocalSource) else 0
+    _say(f"{len(refs):,} files under {source.describe()}"
+         + (f" ({skipped} hidden skipped)" if skipped else "")
+         + (f" ({own} in the output folder {out} left out)" if own else ""))
+    writer = ManifestWriter(out, engine.classes, formats)
+    bar = Progress(len(refs), "pictures", enabled=show_progress)
+    report = runner.run(refs, source, analyzer, writer.write, batch_size=batch_size,
+                        threshold=threshold, progress=bar)
+    bar.close()
+    wall = time.monotonic() - t0
+    summary = {
+        **writer.tally.to_dict(),
+        "skipped": skipped,
+        "wall_seconds": round(wall, 3),
+        "images_per_second": round(len(refs) / wall, 1) if wall > 0 else 0.0,
+        "stages": report.times.to_dict(),
+        "model_id": engine.model_id,
+        "model_path": str(engine.path),
+        "faces_mode": faces,
+        "detector_id": analyzer.detector_id,
+        "precision": engine.precision,
+        "device": facts["device"],
+        "provider": facts["provider"],
+        "batch_size": batch_size,
+        "workers": workers,
+        "threshold": threshold,
+        "input": source.describe(),
+        "output": str(out),
+        "runner": facts["runner"],
+        **({"ray_cluster": report.cluster} if report.cluster else {}),
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    writer.close(summary)
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The end-of-run table."""
+    face_labels = summary.get("face_labels", {})
+    with_faces = summary.get("faces_mode", "off") != "off"
+    lines = ["", f"  {'label':<22} {'pictures':>9}" + (f" {'faces':>9}" if with_faces else "")]
+    for label in sorted(set(summary["labels"]) | set(face_labels)):
+        n = summary["labels"].get(label, 0)
+        lines.append(f"  {label:<22} {n:>9,}"
+                     + (f" {face_labels.get(label, 0):>9,}" if with_faces else ""))
+    lines.append(f"  {'errors':<22} {summary['errors']:>9,}")
+    total_faces = f" {summary.get('faces', 0):>9,}" if with_faces else ""
+    lines.append(f"  {'total':<22} {summary['total']:>9,}{total_faces}")
+    if with_faces:
+        lines.append(f"  ({summary.get('pictures_without_faces', 0):,} pictures had no face found "
+                     "and were classified whole)")
+    lines.append("")
+    lines.append(f"  {summary['images_per_second']:,.0f} pictures/s over "
+                 f"{summary['wall_seconds']:.1f}s on {summary['device']}; results in "
+                 f"{summary['output']}")
+    return "\n".join(lines)

@@ -1,0 +1,358 @@
+"""The training job: audit, split, train, evaluate, plot, export to ONNX, write the card.
+
+The steps are library functions (``maskcore.dataset``, ``boxdata``, ``split``, ``cnn``,
+``metrics``, ``plots``, ``export``, ``card``); :func:`run_training` runs them in order and writes
+what each produces. ``maskcore train`` (``jobs/train.py``) is its command line. TensorFlow is
+imported only once the data has been read, inside :func:`run_training`; the inference side
+never imports this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from maskcore.boxdata import audit_boxes, format_box_audit, is_box_dataset, load_box_dataset
+from maskcore.card import ModelCard, file_sha256
+from maskcore.dataset import IMBALANCE_RATIO, audit, format_audit, inspect, scan
+from maskcore.errors import DatasetError, ModelError
+from maskcore.faces import DEFAULT_MARGIN
+from maskcore.metrics import evaluate, summary_line
+from maskcore.preprocess import PreprocessSpec
+from maskcore.split import split_dataset
+
+__all__ = ["CLASS_ORDER", "TRAINING", "TrainingDefaults", "ordered_classes", "run_training"]
+
+
+@dataclass(frozen=True)
+class TrainingDefaults:
+    """The training job's defaults, written once (``maskcore train`` shows these)."""
+
+    epochs: int = 70
+    seed: int = 0
+    image_size: int = 128
+    batch_size: int = 32
+    val: float = 0.15
+    test: float = 0.15
+    patience: int = 70
+
+
+TRAINING = TrainingDefaults()
+
+
+def _log(msg: str) -> None:
+    click.echo(f"[train] {msg}", err=True)
+
+
+#: Class order of a model trained on several datasets (or on box datasets): these first, in this
+#: order, then any other class name, sorted. One folder-per-class dataset alone keeps its sorted
+#: folder names.
+CLASS_ORDER = ("with_mask", "without_mask", "mask_weared_incorrect")
+
+#: Class weights are inverse class frequencies, capped here: the rare class (93 of 3,246 street
+#: faces, none among the close-ups) would otherwise weigh about 40 times a common one.
+CLASS_WEIGHT_CAP = 10.0
+
+
+def ordered_classes(names: set[str]) -> list[str]:
+    """The union of several datasets' classes in the documented order (:data:`CLASS_ORDER`)."""
+    return [c for c in CLASS_ORDER if c in names] + sorted(names - set(CLASS_ORDER))
+
+
+@dataclass
+class _Part:
+    """One dataset's contribution to each split: inputs, class names, display names."""
+
+    name: str
+    kind: str  # "folders" or "boxes"
+    x: dict[str, np.ndarray]
+    labels: dict[str, list[str]]
+    names: dict[str, list[str]]
+    record: dict[str, Any]  # what the card says about it
+
+
+def _folder_part(data_dir: Path, spec: PreprocessSpec, *, val: float, test: float, seed: int,
+                 workers: int | None) -> tuple[_Part, dict[str, Any]]:
+    index = scan(data_dir)
+    if len(index.classes) < 2:
+        raise DatasetError(
+            f"need at least 2 class folders to train, found {len(index.classes)} "
+            f"({', '.join(index.classes)}) under {index.root}"
+        )
+    _log(f"reading and preprocessing {len(index.samples):,} files once ...")
+    infos, arrays = inspect(index, spec=spec, workers=workers, keep_arrays=True)
+    report = audit(index, infos)
+    click.echo(format_audit(report))
+    readable = report["files_per_class"]
+    per_class_ok = {c: 0 for c in index.classes}
+    for i in infos:
+        if not i.error:
+            per_class_ok[index.classes[i.label]] += 1
+    empty = [c for c, n in per_class_ok.items() if n == 0]
+    if empty:
+        raise DatasetError(
+            f"class folder(s) with no readable picture: {', '.join(empty)} "
+            f"(files found per class: {readable})"
+        )
+    if report["unreadable"]:
+        _log(f"skipping {len(report['unreadable'])} unreadable file(s), listed above")
+
+    split = split_dataset(infos, val=val, test=test, seed=seed)
+    if not split.train or not split.val or not split.test:
+        raise DatasetError(f"too few distinct pictures to split: {split.sizes()}")
+    _log(f"split (one file per duplicate group): {split.sizes()}")
+    part = _Part(index.root.name, "folders", {}, {}, {}, {})
+    for name, positions in (("train", split.train), ("val", split.val), ("test", split.test)):
+        part.x[name] = np.stack([arrays[k] for k in positions])
+        part.labels[name] = [index.classes[split.labels[k]] for k in positions]
+        part.names[name] = [infos[k].relpath for k in positions]
+    arrays.clear()
+    fingerprint = hashlib.sha256("\n".join(sorted({i.sha256 for i in infos if i.sha256}))
+                                 .encode()).hexdigest()
+    part.record = {
+        "name": index.root.name,  # the dataset's folder name, not where it sat
+        "kind": "folder-per-class",
+        "fingerprint": fingerprint,
+        "files": len(infos),
+        "unreadable": len(report["unreadable"]),
+        "redundant_copies": report["duplicates"]["redundant_copies"],
+        "split_sizes": split.sizes(),
+    }
+    split_record = {"seed": seed, "shares": {"val": val, "test": test}, "sizes": split.sizes(),
+                    "hashes": split.hashes}
+    return part, {"audit": report, "split": split_record}
+
+
+def _box_part(data_dir: Path, spec: PreprocessSpec, margin: float, workers: int | None
+              ) -> tuple[_Part, dict[str, Any]]:
+    _log(f"cropping the boxed faces of {data_dir} ...")
+    faces = load_box_dataset(data_dir, spec=spec, margin=margin, workers=workers)
+    report = audit_boxes(faces)
+    click.echo(format_box_audit(report))
+    part = _Part(faces.root.name, "boxes", {}, {}, {}, {})
+    for name in ("train", "val", "test"):
+        x, labels, names = faces.subset(name)
+        if not len(x):
+            raise DatasetError(f"{data_dir}: no boxed face in the {name} split")
+        part.x[name], part.labels[name], part.names[name] = x, labels, names
+    part.record = {"name": faces.root.name, "kind": "pascal-voc boxes",
+                   "fingerprint": faces.fingerprint, "pictures": faces.pictures,
+                   "faces": len(faces.labels), "unreadable": len(faces.unreadable),
+                   "split": "by picture: sha256 of its bytes, 70/15/15 (maskcore.voc)",
+                   "faces_per_split": report["faces_per_split"]}
+    return part, {"audit": report}
+
+
+def run_training(
+    data_dirs: Path | list[Path],
+    out: Path,
+    *,
+    epochs: int = TRAINING.epochs,
+    seed: int = TRAINING.seed,
+    image_size: int = TRAINING.image_size,
+    batch_size: int = TRAINING.batch_size,
+    val: float = TRAINING.val,
+    test: float = TRAINING.test,
+    patience: int = TRAINING.patience,
+    augment: bool = True,
+    workers: int | None = None,
+    widths: tuple[int, ...] | None = None,
+    label_smoothing: float = 0.0,
+    ema: float = 0.0,
+    mixup: float = 0.0,
+    compute: str = "auto",
+    crop_margin: float = DEFAULT_MARGIN,
+) -> dict[str, Any]:
+    """Run the whole training job; returns the model card as a dict.
+
+    ``data_dirs`` are folder-per-class datasets (close-ups) and box datasets (``images/`` and
+    ``annotations/``, whose boxes are cut with the per-face stage's crop, ``crop_margin``);
+    their classes are united in :data:`CLASS_ORDER`.
+
+    Raises:
+        DatasetError: fewer than 2 classes, or a class with no readable picture.
+        ModelError: the ONNX export disagrees with the Keras model (parity check failed).
+    """
+    t0 = time.monotonic()
+    spec = PreprocessSpec(size=(image_size, image_size))
+    dirs = [data_dirs] if isinstance(data_dirs, Path | str) else list(data_dirs)
+    if not dirs:
+        raise DatasetError("no dataset given")
+    parts: list[_Part] = []
+    records: dict[str, Any] = {}
+    for d in dirs:
+        if is_box_dataset(d):
+            part, rec = _box_part(Path(d), spec, crop_margin, workers)
+        else:
+            part, rec = _folder_part(Path(d), spec, val=val, test=test, seed=seed,
+                                     workers=workers)
+        parts.append(part)
+        records[part.name] = rec
+    names = {c for p in parts for s in p.labels.values() for c in s}
+    # One folder dataset keeps its own order (its sorted folder names, as always); several
+    # datasets unite their classes in the documented order.
+    classes = sorted(names) if len(parts) == 1 and parts[0].kind == "folders" \
+        else ordered_classes(names)
+    if len(classes) < 2:
+        raise DatasetError(f"need at least 2 classes to train, found {classes}")
+    index_of = {c: i for i, c in enumerate(classes)}
+
+    def stack(split_name: str, only: list[_Part] | None = None
+              ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        chosen = only or parts
+        x = np.concatenate([p.x[split_name] for p in chosen])
+        y = np.array([index_of[c] for p in chosen for c in p.labels[split_name]], np.int64)
+        names = [f"{p.name}/{n}" for p in chosen for n in p.names[split_name]]
+        return x, y, names
+
+    x_train, y_train, _ = stack("train")
+    x_val, y_val, _ = stack("val")
+    x_test, y_test, test_names = stack("test")
+    _log(f"{len(classes)} classes {classes}; train {len(y_train)}, val {len(y_val)}, "
+         f"test {len(y_test)} samples")
+
+    class_weight = None
+    counts = np.bincount(y_train, minlength=len(classes))
+    ratio = counts.min() / counts.max()
+    if ratio < IMBALANCE_RATIO:
+        class_weight = {c: float(min(len(y_train) / (len(counts) * max(n, 1)), CLASS_WEIGHT_CAP))
+                        for c, n in enumerate(counts)}
+        _log(f"balance ratio {ratio:.3f} < {IMBALANCE_RATIO}: class weights {class_weight}")
+    else:
+        _log(f"balance ratio {ratio:.3f} >= {IMBALANCE_RATIO}: no class weights")
+
+    # TensorFlow from here on only.
+    from maskcore import cnn, export, plots
+
+    cfg = cnn.TrainConfig(epochs=epochs, batch_size=batch_size, patience=patience,
+                          augment=augment, seed=seed, label_smoothing=label_smoothing, ema=ema,
+                          mixup=mixup)
+    if widths:
+        cfg = replace(cfg, widths=tuple(widths))
+    gpus = cnn.setup_tensorflow(seed)
+    cfg = replace(cfg, compute=cnn.resolve_compute(compute, gpus))
+    _log(f"TensorFlow sees {len(gpus)} GPU(s)" + (f": {gpus}" if gpus else "; training on CPU")
+         + f"; {cfg.compute} arithmetic")
+    model = cnn.build_model(len(classes), spec.size, cfg)
+    flops = cnn.count_flops(model)
+    _log(f"model: {model.count_params():,} parameters, {flops / 1e9:.3f} GFLOPs per picture")
+    t_fit = time.monotonic()
+    history = cnn.fit(model, x_train, y_train, x_val, y_val, cfg, class_weight)
+    fit_seconds = time.monotonic() - t_fit
+    best_epoch = int(np.argmin(history["val_loss"])) + 1
+    if cfg.compute != "fp32":
+        model = cnn.float32_copy(model, cfg)  # evaluated, exported and saved in float32
+
+    proba = cnn.predict(model, x_test)
+    metrics = evaluate(y_test, proba, classes)
+    _log("test: " + summary_line(metrics))
+    # Each dataset's own test split, scored alone: accuracy over all of them hides the close-ups
+    # behind the street faces and the rare class behind both.
+    per_dataset = {}
+    if len(parts) > 1:
+        for p in parts:
+            xp, yp, _ = stack("test", [p])
+            m = evaluate(yp, cnn.predict(model, xp), classes)
+            per_dataset[p.name] = m
+            _log(f"test, {p.name} alone: " + summary_line(m) + "; recall "
+                 + ", ".join(f"{c} {v['recall']:.3f}" for c, v in m["per_class"].items()
+                             if v["support"]))
+
+    out.mkdir(parents=True, exist_ok=True)
+    plots.plot_history(history, out / "history.png")
+    plots.plot_confusion(metrics["confusion"]["rows_true_cols_pred"], classes,
+                         out / "confusion.png")
+    plots.plot_calibration(metrics["calibration_bins"], metrics["ece"], out / "calibration.png")
+    plots.plot_errors(x_test, y_test, proba, classes, test_names, out / "errors.png")
+
+    onnx_path = export.export_onnx(model, out / "model.onnx", classes=classes, spec=spec)
+    parity = export.check_parity(model, onnx_path, x_test)
+    _log(f"parity on {parity['n']} test pictures: max abs diff {parity['max_abs_diff']:.2e}, "
+         f"labels identical: {parity['labels_identical']}")
+    cnn.save_for_inference(model, out / "model.keras")
+    int8 = None
+    if parity["passed"]:
+        from maskcore.quantize import make_int8_variant
+
+        int8 = make_int8_variant(onnx_path, x_train, x_test, y_test, classes, log=_log)
+
+    folder_parts = [p for p in parts if p.kind == "folders"]
+    split_doc: dict[str, Any] = {}
+    if len(folder_parts) == 1:  # the record `maskcore quantize` rebuilds the split from
+        split_doc.update(records[folder_parts[0].name]["split"])
+    split_doc["datasets"] = {p.name: p.record for p in parts}
+    (out / "split.json").write_text(json.dumps(split_doc, indent=1) + "\n")
+    (out / "audit.json").write_text(json.dumps(
+        {name: rec["audit"] for name, rec in records.items()}, indent=2) + "\n")
+    report_doc = {"test": metrics, "test_per_dataset": per_dataset, "parity": parity,
+                  "history": history, "best_epoch": best_epoch, "class_weight": class_weight,
+                  "int8": int8}
+    (out / "report.json").write_text(json.dumps(report_doc, indent=2) + "\n")
+    training_data = (dict(folder_parts[0].record) if len(parts) == 1 and folder_parts
+                     else {"datasets": [p.record for p in parts]})
+
+    card = ModelCard(
+        classes=classes,
+        preprocess=spec,
+        onnx_file="model.onnx",
+        onnx_sha256=file_sha256(onnx_path),
+        int8=int8 if int8 and int8["parity"]["passed"] else None,
+        extra={
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "architecture": "maskcore_cnn: stride-2 stem, conv-BN-ReLU blocks "
+                            + "-".join(map(str, cfg.widths)) + ", GAP, softmax",
+            "parameters": int(model.count_params()),
+            "gflops_per_picture": round(flops / 1e9, 4),
+            "opset": export.OPSET,
+            "training_data": training_data,
+            "face_crop": {"margin": crop_margin,
+                          "rule": "maskcore.preprocess.face_region: the box grown by margin on "
+                                  "each side, made square, clipped to the picture"},
+            "metrics": {k: metrics[k] for k in ("accuracy", "macro_f1", "roc_auc", "ece", "errors",
+                                                "n", "per_class")},
+            "metrics_per_dataset": {
+                name: {k: m[k] for k in ("accuracy", "macro_f1", "errors", "n", "per_class")}
+                for name, m in per_dataset.items()},
+            "parity": parity,
+            "training": {
+                "config": {**asdict(replace(cfg)), "widths": list(cfg.widths)},
+                "epochs_run": len(history["loss"]),
+                "best_epoch": best_epoch,
+                "class_weight": class_weight,
+                "fit_seconds": round(fit_seconds, 1),
+                "total_seconds": round(time.monotonic() - t0, 1),
+                "gpus": gpus,
+            },
+            "versions": _versions(),
+        },
+    )
+    card.write(out)
+    if not parity["passed"]:
+        raise ModelError(
+            f"ONNX parity check failed: max abs diff {parity['max_abs_diff']:.2e} "
+            f"(allowed {parity['atol']:.0e}), labels identical: {parity['labels_identical']}"
+        )
+    _log(f"done in {time.monotonic() - t0:.0f}s: model id {card.model_id}; wrote "
+         + ", ".join(sorted(p.name for p in out.iterdir())))
+    return card.to_dict()
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("tensorflow-cpu", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime-gpu",
+                "onnxruntime", "numpy", "pillow"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
