@@ -19,7 +19,7 @@ ARGS   ?=
 SOURCE  ?=
 RESULTS ?=
 
-.PHONY: help install install-inference test lint audit train batch bench worker s3-up s3-down \
+.PHONY: help install install-inference test lint audit train batch report bench worker s3-up s3-down \
 	worker-demo clean
 
 help:  ## list the targets
@@ -57,6 +57,10 @@ train: $(ALL_STAMP)  ## train, evaluate and export: make train [DATA="dir dir"] 
 batch: $(INFER_STAMP)  ## classify pictures: make batch INPUT=dir/ [OUTPUT=dir] [MODEL=model.onnx]
 	@test -n "$(INPUT)" || { echo "usage: make batch INPUT=dir/ [OUTPUT=dir] [MODEL=path]" >&2; exit 2; }
 	$(BIN)/maskcore batch "$(INPUT)" --out "$(OUTPUT)" $(if $(MODEL),--model "$(MODEL)") $(ARGS)
+
+report: $(INFER_STAMP)  ## an HTML page of a run: make report RESULTS=results/<run> (or s3://...)
+	@test -n "$(RESULTS)" || { echo "usage: make report RESULTS=dir-or-s3-prefix [ARGS=--annotate dir]" >&2; exit 2; }
+	$(BIN)/maskcore report "$(RESULTS)" $(if $(filter s3://%,$(RESULTS)),--out report.html) $(ARGS)
 
 bench: $(ALL_STAMP)  ## speed benchmark -> docs/BENCHMARKS.md: make bench
 	$(PY) -m jobs.bench --data $(firstword $(DATA)) --write docs/BENCHMARKS.md $(ARGS)

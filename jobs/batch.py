@@ -28,12 +28,16 @@ SHORT_HELP = "Classify a folder, a file or an s3:// prefix into a manifest."
               help="Manifest formats, comma-separated: jsonl, csv.")
 @click.option("--fail-on-error", is_flag=True,
               help="Exit 1 when any picture got an error row.")
+@click.option("--annotate", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write a full-size copy of each flagged picture (someone unmasked or "
+                   "masked wrongly) with its faces boxed and labelled, into this folder.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="A bar on a terminal, a log line every few seconds elsewhere.")
 @ray_options_decorator
 def batch(input_spec: str, out: Path, model: str | None, batch_size: int, device: str,
           precision: str, faces: str, workers: int | None, formats: str, threshold: float,
-          fail_on_error: bool, progress: bool, runner: str, **ray_args: Any) -> None:
+          fail_on_error: bool, annotate: Path | None, progress: bool, runner: str,
+          **ray_args: Any) -> None:
     """Classify every picture under INPUT: a folder (recursive), one file, or s3://bucket/prefix/.
 
     \b
@@ -63,7 +67,8 @@ def batch(input_spec: str, out: Path, model: str | None, batch_size: int, device
                                     ray_options=ray_options_from(ray_args))
         return run_batch(input_spec, out, model=model, batch_size=batch_size, device=device,
                          precision=precision, faces=faces, workers=workers, formats=chosen,
-                         threshold=threshold, show_progress=progress, runner=chosen_runner)
+                         threshold=threshold, show_progress=progress, runner=chosen_runner,
+                         annotate=annotate)
 
     summary = run_command(_run)
     click.echo(format_summary(summary))

@@ -13,10 +13,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from maskcore.annotate import annotate_flagged
 from maskcore.faces import FaceOptions
-from maskcore.manifest import ManifestWriter
+from maskcore.manifest import FACE_ROWS, ManifestWriter
 from maskcore.pool import capped_workers
 from maskcore.progress import Progress
+from maskcore.results import FLAGGED, RunResults
 from maskcore.runners import Runner, make_runner
 from maskcore.settings import DEFAULTS
 from maskcore.storage import LocalSource, S3Store, open_source
@@ -46,12 +48,15 @@ def run_batch(
     threshold: float = DEFAULTS.threshold,
     show_progress: bool = True,
     runner: Runner | None = None,
+    annotate: Path | None = None,
 ) -> dict[str, Any]:
     """Classify every file under ``input_spec``; write the manifest, faces and summary into ``out``.
 
     Args:
         runner: where the analyzing runs (:func:`maskcore.runners.make_runner`); default this
             machine's decode processes (``workers`` of them; None means all cores).
+        annotate: a folder for a full-size copy of every flagged picture, its faces drawn
+            (written after the manifest, by :func:`maskcore.annotate.annotate_flagged`).
 
     Returns:
         The summary (as written to ``summary.json``).
@@ -84,7 +89,14 @@ def run_batch(
          + (f" ({own} in the output folder {out} left out)" if own else ""))
     writer = ManifestWriter(out, engine.classes, formats)
     bar = Progress(len(refs), "pictures", enabled=show_progress)
-    report = runner.run(refs, source, analyzer, writer.write, batch_size=batch_size,
+    flagged: list[dict[str, Any]] = []  # kept for --annotate only: a few rows, not the run
+
+    def emit(row: dict[str, Any]) -> None:
+        if annotate is not None and row.get("label") in FLAGGED:
+            flagged.append({**row, FACE_ROWS: list(row[FACE_ROWS])})
+        writer.write(row)
+
+    report = runner.run(refs, source, analyzer, emit, batch_size=batch_size,
                         threshold=threshold, progress=bar)
     bar.close()
     wall = time.monotonic() - t0
@@ -105,6 +117,9 @@ def run_batch(
         "workers": workers,
         "threshold": threshold,
         "input": source.describe(),
+        # Where the rows' relative sources lie, whatever folder a report is made from.
+        **({"input_path": str(source.path.resolve())} if isinstance(source, LocalSource)
+           else {}),
         "output": str(out),
         "runner": facts["runner"],
         **({"ray_cluster": report.cluster} if report.cluster else {}),
@@ -112,6 +127,15 @@ def run_batch(
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     writer.close(summary)
+    if annotate is not None:
+        run = RunResults(location=str(out), rows=flagged,
+                         faces={r["source"]: r.pop(FACE_ROWS) for r in flagged},
+                         summary=summary,
+                         input_root=source.path.resolve() if isinstance(source, LocalSource)
+                         else None)
+        copies = annotate_flagged(run, annotate, log=_say)
+        summary["annotated"] = {"folder": str(annotate), "pictures": len(copies)}
+        _say(f"{len(copies):,} flagged picture(s) drawn into {annotate}")
     return summary
 
 
@@ -134,4 +158,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"  {summary['images_per_second']:,.0f} pictures/s over "
                  f"{summary['wall_seconds']:.1f}s on {summary['device']}; results in "
                  f"{summary['output']}")
+    if "annotated" in summary:
+        lines.append(f"  {summary['annotated']['pictures']:,} flagged pictures drawn in "
+                     f"{summary['annotated']['folder']}")
+    lines.append(f"  to look at them: maskcore report {summary['output']}  "
+                 f"(writes {Path(summary['output']) / 'report.html'})")
     return "\n".join(lines)

@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "batch": "jobs.batch:batch",
     "worker": "jobs.worker:worker",
     "evaluate": "jobs.evaluate:evaluate",
+    "report": "jobs.report:report",
 }
 
 
@@ -51,7 +52,7 @@ def main() -> None:
     \b
     Train a model on a folder-per-class dataset (audit, train, quantize), then
     classify folders and S3 prefixes in bulk (batch) or keep watching a bucket
-    (worker).
+    (worker), and look at what a run found (report, evaluate).
     Every command has --help.
     """
 

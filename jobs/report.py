@@ -1,0 +1,73 @@
+"""``maskcore report RESULTS --out report.html``: an HTML page of a run, and annotated copies."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from maskcore.annotate import annotate_flagged
+from maskcore.cli import run_command
+from maskcore.report import MAX_CARDS, write_report
+from maskcore.results import open_results
+
+__all__ = ["report"]
+
+
+def _say(line: str) -> None:
+    click.echo(line, err=True)
+
+
+@click.command(short_help="An HTML report of a run (a results folder or s3:// prefix).")
+@click.argument("results")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The HTML file to write [default: RESULTS/report.html for a folder].")
+@click.option("--source", "source_root", default=None,
+              help="Where a local run's pictures are now, if they moved since the run "
+                   "[default: the input its summary.json names].")
+@click.option("--max-cards", default=MAX_CARDS, show_default=True, type=click.IntRange(1),
+              help="Pictures in the gallery at most (flagged first); counts and histograms "
+                   "always cover the whole run.")
+@click.option("--annotate", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write a full-size copy of each flagged picture, boxes drawn, here.")
+def report(results: str, out: Path | None, source_root: str | None, max_cards: int,
+           annotate: Path | None) -> None:
+    """Write one self-contained HTML page about the run in RESULTS.
+
+    \b
+    RESULTS is a batch job's --out folder or a worker's results prefix
+    (s3://bucket/results/). The page opens from disk with no server or network:
+    the run's counts per class and verdict, a score histogram per class, a gallery
+    with every face boxed in its class colour (flagged pictures first, then
+    uncertain ones, errors, the rest; filter by group and label), the least
+    confident faces, and the errors. Thumbnails are made from the source pictures,
+    which must still be where the run read them (or give --source).
+    """
+
+    def _run() -> Any:
+        run = open_results(results, source_root)
+        target = out
+        if target is None:
+            if results.startswith("s3://"):
+                raise click.UsageError("--out is needed for an s3:// RESULTS")
+            target = Path(results) / "report.html"
+        _say(f"{len(run.rows):,} pictures and {run.face_count:,} faces in {results}; "
+             f"drawing up to {min(max_cards, len(run.rows)):,} thumbnails ...")
+        stats = write_report(run, target, max_cards=max_cards,
+                             progress=lambda n: _say(f"  {n:,} thumbnails") if n % 100 == 0
+                             else None)
+        copies = annotate_flagged(run, annotate, log=_say) if annotate is not None else []
+        return stats, copies
+
+    stats, copies = run_command(_run)
+    if stats.unavailable:
+        _say(f"{stats.unavailable:,} source picture(s) could not be read for thumbnails "
+             "(moved or deleted since the run? see --source)")
+    capped = f" (of {stats.pictures:,}; raise --max-cards for more)" if stats.capped else ""
+    click.echo(f"{stats.flagged:,} flagged of {stats.pictures:,} pictures; gallery of "
+               f"{stats.cards:,}{capped}. Open {stats.path}")
+    if annotate is not None:
+        click.echo(f"{len(copies):,} annotated picture(s) in {annotate}")
+    sys.stdout.flush()

@@ -1,0 +1,128 @@
+"""A finished run's results, read back: from a batch job's folder or a worker's ``s3://`` prefix.
+
+Both write the same files (``manifest.jsonl``, ``faces.jsonl``, ``summary.json``); the report and
+``--annotate`` read them through :func:`open_results`, and the source pictures through
+:meth:`RunResults.read_source` (a batch row's ``source`` is relative to the input the summary
+names; a worker row's is the object's ``s3://`` URL).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from maskcore.errors import StorageError, UsageError
+from maskcore.manifest import VERDICT_ORDER
+from maskcore.storage import LocalSource, Ref, S3Store, parse_s3_url
+
+__all__ = ["FLAGGED", "RunResults", "group_of", "open_results"]
+
+#: Labels that flag a picture: somebody here is not wearing a mask properly.
+FLAGGED = VERDICT_ORDER[:2]
+
+#: A picture's group, in the order the report shows them.
+GROUPS = ("flagged", "uncertain", "error", "clear")
+
+
+def group_of(row: dict[str, Any], faces: list[dict[str, Any]]) -> str:
+    """``flagged`` (someone unmasked or masked wrongly), ``uncertain`` (the picture or one of its
+    faces below the threshold), ``error``, or ``clear``."""
+    if row["status"] != "ok":
+        return "error"
+    if row["label"] in FLAGGED:
+        return "flagged"
+    if row["label"] == "uncertain" or any(f["label"] == "uncertain" for f in faces):
+        return "uncertain"
+    return "clear"
+
+
+@dataclass
+class RunResults:
+    """The rows, faces and summary of one run, and where its source pictures are."""
+
+    location: str  # the results folder or s3:// prefix, as given
+    rows: list[dict[str, Any]]
+    faces: dict[str, list[dict[str, Any]]]  # by picture source, in face order
+    summary: dict[str, Any]
+    input_root: Path | None = None  # where a batch run's relative sources lie
+    _stores: dict[str, S3Store] = field(default_factory=dict, repr=False)
+
+    @property
+    def face_count(self) -> int:
+        return sum(len(v) for v in self.faces.values())
+
+    def faces_of(self, source: str) -> list[dict[str, Any]]:
+        return self.faces.get(source, [])
+
+    def read_source(self, source: str) -> bytes:
+        """The bytes of the picture a row names.
+
+        Raises:
+            StorageError: it cannot be found or read (moved, deleted, no access).
+        """
+        if source.startswith("s3://"):
+            loc = parse_s3_url(source)
+            store = self._stores.get(loc.bucket)
+            if store is None:
+                store = self._stores[loc.bucket] = S3Store(f"s3://{loc.bucket}/")
+            return store.get(loc.prefix)[0]
+        if self.input_root is None:
+            raise StorageError(f"cannot find {source}: the summary names no input folder")
+        path = self.input_root if self.input_root.is_file() else self.input_root / source
+        return LocalSource(path).read(Ref(source=source, key=str(path)))
+
+
+def open_results(location: str, source_root: str | None = None) -> RunResults:
+    """Read a run's results.
+
+    Args:
+        location: a results folder (the batch job's ``--out``) or ``s3://bucket/results/``.
+        source_root: where the pictures of a local run are now, when not where the summary says.
+
+    Raises:
+        UsageError: the location holds no manifest (not a results folder).
+        StorageError: it cannot be read.
+    """
+    if location.startswith("s3://"):
+        store = S3Store(location if location.endswith("/") else location + "/")
+
+        def read(name: str) -> bytes | None:
+            try:
+                return store.get(store.location.join(name))[0]
+            except StorageError as exc:
+                if exc.kind == "not_found":
+                    return None
+                raise
+    else:
+        folder = Path(location)
+
+        def read(name: str) -> bytes | None:
+            path = folder / name
+            try:
+                return path.read_bytes()
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+    manifest = read("manifest.jsonl")
+    if manifest is None:
+        raise UsageError(f"{location} holds no manifest.jsonl: give the folder a batch run wrote "
+                         "(its --out) or a worker's results prefix")
+    summary_bytes = read("summary.json")
+    summary = json.loads(summary_bytes) if summary_bytes else {}
+    faces: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for face in _jsonl(read("faces.jsonl") or b""):
+        faces[face["source"]].append(face)
+    root = source_root or summary.get("input_path")
+    return RunResults(location=location, rows=_jsonl(manifest), faces=dict(faces),
+                      summary=summary, input_root=Path(root) if root else None)
+
+
+def _jsonl(data: bytes) -> list[dict[str, Any]]:
+    # Records end at "\n" only (a key may hold U+2028 and the like; see maskcore.ledger).
+    return [json.loads(line) for line in data.decode("utf-8", "surrogateescape").split("\n")
+            if line.strip()]
