@@ -8,6 +8,7 @@ PY     := $(BIN)/python
 # Stamps record what was installed against which pyproject.toml; editing it reinstalls.
 INFER_STAMP := $(VENV)/.stamp-inference
 ALL_STAMP   := $(VENV)/.stamp-all
+DEMO_STAMP  := $(VENV)/.stamp-demo
 
 DATA   ?= ../shared/datasets/face-mask ../shared/datasets/face-mask-scenes
 OUT    ?= out/model
@@ -35,6 +36,10 @@ $(INFER_STAMP): pyproject.toml | $(BIN)/python
 
 $(ALL_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e ".[train,test,ray]"
+	touch $@ $(INFER_STAMP) $(DEMO_STAMP)
+
+$(DEMO_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[demo]"
 	touch $@ $(INFER_STAMP)
 
 install: $(ALL_STAMP)  ## create .venv with the project, training, Ray and test dependencies
@@ -69,13 +74,13 @@ worker: $(INFER_STAMP)  ## watch a bucket: make worker SOURCE=s3://b/incoming/ R
 	@test -n "$(SOURCE)" -a -n "$(RESULTS)" || { echo "usage: make worker SOURCE=s3://... RESULTS=s3://... [ARGS=--once]" >&2; exit 2; }
 	$(BIN)/maskcore worker --source "$(SOURCE)" --results "$(RESULTS)" $(ARGS)
 
-s3-up: $(ALL_STAMP)  ## start a local S3 server (moto) on 127.0.0.1:5055 with bucket maskcore
+s3-up: $(DEMO_STAMP)  ## start a local S3 server (moto) on 127.0.0.1:5055 with bucket maskcore
 	$(PY) infra/local/s3_local.py up
 
-s3-down: $(ALL_STAMP)  ## stop the local S3 server
+s3-down: $(DEMO_STAMP)  ## stop the local S3 server
 	$(PY) infra/local/s3_local.py down
 
-worker-demo: $(ALL_STAMP)  ## upload examples/ to the local S3, run the worker --once, print the CSV
+worker-demo: $(DEMO_STAMP)  ## upload examples/ to the local S3, run the worker --once, print the CSV, write a report
 	$(PY) infra/local/s3_local.py demo
 
 clean:  ## remove results and caches (keeps .venv)

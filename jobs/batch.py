@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,13 @@ from typing import Any
 import click
 
 from maskcore.batch import FORMATS, format_summary, run_batch
-from maskcore.cli import ray_options_decorator, ray_options_from, run_command, serving_options
+from maskcore.cli import (
+    ray_options_decorator,
+    ray_options_from,
+    run_command,
+    serving_options,
+    setup_logging,
+)
 from maskcore.runners import make_runner
 
 __all__ = ["batch"]
@@ -60,7 +65,7 @@ def batch(input_spec: str, out: Path, model: str | None, batch_size: int, device
     if unknown or not chosen:
         raise click.BadParameter(f"unknown format(s) {unknown}; choose from jsonl, csv",
                                  param_hint="--format")
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    setup_logging()
 
     def _run() -> dict[str, Any]:
         chosen_runner = make_runner(runner, workers=workers, device=device,

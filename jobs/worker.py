@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -16,6 +15,7 @@ from maskcore.cli import (
     ray_options_from,
     run_command,
     serving_options,
+    setup_logging,
 )
 from maskcore.faces import FaceOptions
 from maskcore.runners import Runner, make_runner
@@ -88,7 +88,7 @@ def worker(source: str, results: str, once: bool, poll_interval: float, max_wait
     (AWS_ENDPOINT_URL for MinIO, Ceph or a local server). With --once, --runner ray
     runs the pass on a Ray cluster (the same ledger and results).
     """
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    setup_logging()
 
     def _run() -> dict[str, Any]:
         cfg = WorkerConfig(source=source, results=results, once=once,

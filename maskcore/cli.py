@@ -7,6 +7,7 @@ never pays for, or needs, the training side's TensorFlow.
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import sys
 from typing import Any
@@ -15,7 +16,18 @@ import click
 
 from maskcore.errors import MaskcoreError
 
-__all__ = ["Finite", "main", "run_command", "serving_options"]
+__all__ = ["Finite", "main", "run_command", "serving_options", "setup_logging"]
+
+#: Libraries whose INFO lines are not for the person running a job ("Found credentials in
+#: environment variables", connection pool notes): only their warnings get through.
+QUIET_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "filelock")
+
+
+def setup_logging() -> None:
+    """Our INFO lines on stderr, as plain messages; third parties' only from WARNING up."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 # name -> "module:attribute" of a click command.
 COMMANDS: dict[str, str] = {

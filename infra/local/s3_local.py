@@ -74,9 +74,12 @@ def demo() -> None:
     import boto3
 
     s3 = boto3.client("s3")
-    pictures = sorted(p for p in (ROOT / "examples").iterdir() if not p.name.startswith("."))
+    examples = ROOT / "examples"
+    pictures = sorted(p for p in examples.rglob("*") if p.is_file()
+                      and not any(part.startswith(".") for part in p.relative_to(examples).parts))
     for p in pictures:
-        s3.put_object(Bucket=BUCKET, Key=f"incoming/{p.name}", Body=p.read_bytes())
+        key = f"incoming/{p.relative_to(examples).as_posix()}"
+        s3.put_object(Bucket=BUCKET, Key=key, Body=p.read_bytes())
     print(f"uploaded {len(pictures)} pictures to s3://{BUCKET}/incoming/")
     code = subprocess.call([sys.executable, "-m", "maskcore", "worker", "--source",
                             f"s3://{BUCKET}/incoming/", "--results", f"s3://{BUCKET}/results/",
@@ -86,6 +89,11 @@ def demo() -> None:
     body = s3.get_object(Bucket=BUCKET, Key="results/manifest.csv")["Body"].read().decode()
     print(f"\ns3://{BUCKET}/results/manifest.csv:\n")
     print(body)
+    report = ROOT / "results" / "worker-demo" / "report.html"
+    code = subprocess.call([sys.executable, "-m", "maskcore", "report", f"s3://{BUCKET}/results/",
+                            "--out", str(report)], env={**os.environ, **ENV})
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":
