@@ -6,6 +6,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 # Stamps record what was installed against which pyproject.toml; editing it reinstalls.
+# PYTHONWARNINGS=ignore keeps setuptools' notices about editable installs out of the output.
+PIP := PYTHONWARNINGS=ignore $(BIN)/pip
 INFER_STAMP := $(VENV)/.stamp-inference
 ALL_STAMP   := $(VENV)/.stamp-all
 DEMO_STAMP  := $(VENV)/.stamp-demo
@@ -27,20 +29,24 @@ help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	@echo "creating $(VENV) ..."
+	@$(PYTHON) -m venv $(VENV)
+	@$(PIP) install -q --upgrade pip
 
 $(INFER_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e .
-	touch $@
+	@echo "installing the inference side into $(VENV) (ONNX Runtime, Pillow, NumPy, boto3, click) ..."
+	@$(PIP) install -q -e .
+	@touch $@
 
 $(ALL_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[train,test,ray]"
-	touch $@ $(INFER_STAMP) $(DEMO_STAMP)
+	@echo "installing the project with training, Ray and test dependencies into $(VENV) ..."
+	@$(PIP) install -q -e ".[train,test,ray]"
+	@touch $@ $(INFER_STAMP) $(DEMO_STAMP)
 
 $(DEMO_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[demo]"
-	touch $@ $(INFER_STAMP)
+	@echo "installing the inference side and the local S3 server (moto) into $(VENV) ..."
+	@$(PIP) install -q -e ".[demo]"
+	@touch $@ $(INFER_STAMP)
 
 install: $(ALL_STAMP)  ## create .venv with the project, training, Ray and test dependencies
 
@@ -65,7 +71,7 @@ batch: $(INFER_STAMP)  ## classify pictures: make batch INPUT=dir/ [OUTPUT=dir] 
 
 report: $(INFER_STAMP)  ## an HTML page of a run: make report RESULTS=results/<run> (or s3://...)
 	@test -n "$(RESULTS)" || { echo "usage: make report RESULTS=dir-or-s3-prefix [ARGS=--annotate dir]" >&2; exit 2; }
-	$(BIN)/maskcore report "$(RESULTS)" $(if $(filter s3://%,$(RESULTS)),--out report.html) $(ARGS)
+	$(BIN)/maskcore report "$(RESULTS)" $(ARGS)
 
 bench: $(ALL_STAMP)  ## speed benchmark -> docs/BENCHMARKS.md: make bench
 	$(PY) -m jobs.bench --data $(firstword $(DATA)) --write docs/BENCHMARKS.md $(ARGS)

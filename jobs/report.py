@@ -10,7 +10,7 @@ import click
 
 from maskcore.annotate import annotate_flagged
 from maskcore.cli import run_command
-from maskcore.report import MAX_CARDS, write_report
+from maskcore.report import MAX_CARDS, publish_report
 from maskcore.results import open_results
 
 __all__ = ["report"]
@@ -22,8 +22,9 @@ def _say(line: str) -> None:
 
 @click.command(short_help="An HTML report of a run (a results folder or s3:// prefix).")
 @click.argument("results")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The HTML file to write [default: RESULTS/report.html for a folder].")
+@click.option("--out", default=None,
+              help="The HTML file to write, a path or s3://bucket/key.html [default: "
+                   "report.html beside the manifest, in the folder or the bucket].")
 @click.option("--source", "source_root", default=None,
               help="Where a local run's pictures are now, if they moved since the run "
                    "[default: the input its summary.json names].")
@@ -32,7 +33,7 @@ def _say(line: str) -> None:
                    "always cover the whole run.")
 @click.option("--annotate", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write a full-size copy of each flagged picture, boxes drawn, here.")
-def report(results: str, out: Path | None, source_root: str | None, max_cards: int,
+def report(results: str, out: str | None, source_root: str | None, max_cards: int,
            annotate: Path | None) -> None:
     """Write one self-contained HTML page about the run in RESULTS.
 
@@ -48,26 +49,21 @@ def report(results: str, out: Path | None, source_root: str | None, max_cards: i
 
     def _run() -> Any:
         run = open_results(results, source_root)
-        target = out
-        if target is None:
-            if results.startswith("s3://"):
-                raise click.UsageError("--out is needed for an s3:// RESULTS")
-            target = Path(results) / "report.html"
         _say(f"{len(run.rows):,} pictures and {run.face_count:,} faces in {results}; "
              f"drawing up to {min(max_cards, len(run.rows)):,} thumbnails ...")
-        stats = write_report(run, target, max_cards=max_cards,
-                             progress=lambda n: _say(f"  {n:,} thumbnails") if n % 100 == 0
-                             else None)
+        stats, where = publish_report(run, out, max_cards=max_cards,
+                                      progress=lambda n: _say(f"  {n:,} thumbnails")
+                                      if n % 100 == 0 else None)
         copies = annotate_flagged(run, annotate, log=_say) if annotate is not None else []
-        return stats, copies
+        return stats, where, copies
 
-    stats, copies = run_command(_run)
+    stats, where, copies = run_command(_run)
     if stats.unavailable:
         _say(f"{stats.unavailable:,} source picture(s) could not be read for thumbnails "
              "(moved or deleted since the run? see --source)")
     capped = f" (of {stats.pictures:,}; raise --max-cards for more)" if stats.capped else ""
     click.echo(f"{stats.flagged:,} flagged of {stats.pictures:,} pictures; gallery of "
-               f"{stats.cards:,}{capped}. Open {stats.path}")
+               f"{stats.cards:,}{capped}. Open {where}")
     if annotate is not None:
         click.echo(f"{len(copies):,} annotated picture(s) in {annotate}")
     sys.stdout.flush()

@@ -18,6 +18,8 @@ from maskcore.cli import (
     setup_logging,
 )
 from maskcore.faces import FaceOptions
+from maskcore.report import publish_report
+from maskcore.results import open_results
 from maskcore.runners import Runner, make_runner
 from maskcore.settings import DEFAULTS
 from maskcore.worker import Worker, WorkerConfig, log_event, parse_shard
@@ -68,12 +70,15 @@ SHORT_HELP = "Watch an S3 prefix and classify what lands (--once: one pass)."
 @click.option("--consolidate-every", default=WorkerConfig.consolidate_every, show_default=True,
               envvar="MASKCORE_CONSOLIDATE_EVERY", show_envvar=True, type=Finite(1, 86400),
               help="Seconds between refreshes of the consolidated manifest when watching.")
+@click.option("--report", is_flag=True, envvar="MASKCORE_REPORT", show_envvar=True,
+              help="With --once: write RESULTS/report.html (maskcore report) after the pass.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar [default: only on a terminal].")
 @serving_options
 @ray_options_decorator
 def worker(source: str, results: str, once: bool, poll_interval: float, max_wait: float,
-           reprocess: bool, shard: str | None, consolidate_every: float, progress: bool | None,
+           reprocess: bool, shard: str | None, consolidate_every: float, report: bool,
+           progress: bool | None,
            model: str | None, device: str, precision: str, faces: str, batch_size: int,
            workers: int | None, threshold: float, runner: str, **ray_args: Any) -> None:
     """Classify the pictures that land under an S3 prefix, never losing or repeating one.
@@ -89,6 +94,9 @@ def worker(source: str, results: str, once: bool, poll_interval: float, max_wait
     runs the pass on a Ray cluster (the same ledger and results).
     """
     setup_logging()
+    if report and not once:
+        raise click.UsageError("--report goes with --once (a watching worker never finishes)",
+                               ctx=click.get_current_context())
 
     def _run() -> dict[str, Any]:
         cfg = WorkerConfig(source=source, results=results, once=once,
@@ -98,8 +106,12 @@ def worker(source: str, results: str, once: bool, poll_interval: float, max_wait
         chosen = make_runner(runner, workers=workers, device=device,
                              ray_options=ray_options_from(ray_args))
         show = sys.stderr.isatty() if progress is None else progress
-        return run_worker(cfg, chosen, model=model, precision=precision, faces=faces,
-                          show_progress=show)
+        summary = run_worker(cfg, chosen, model=model, precision=precision, faces=faces,
+                             show_progress=show)
+        if report:
+            _, where = publish_report(open_results(results))
+            log_event("report", url=where)
+        return summary
 
     summary = run_command(_run)
     click.echo(f"{summary['total']:,} objects in {summary['results']}manifest.csv: "

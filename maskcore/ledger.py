@@ -32,6 +32,7 @@ from maskcore.manifest import (
     rows_to_jsonl,
     split_faces,
 )
+from maskcore.results import REPORT_NAME
 from maskcore.storage import Ref, S3Store
 
 __all__ = ["ResultsStore", "etag_field"]
@@ -69,7 +70,8 @@ class ResultsStore:
         self._latest: dict[str, dict[str, Any]] = {}  # source URL -> latest row
 
     #: What this store writes beside its parts (each at the results prefix).
-    OUTPUTS = ("manifest.jsonl", "manifest.csv", "faces.jsonl", "faces.csv", "summary.json")
+    OUTPUTS = ("manifest.jsonl", "manifest.csv", "faces.jsonl", "faces.csv", "summary.json",
+               REPORT_NAME)
 
     def owns(self, bucket: str, key: str) -> bool:
         """Whether an object is one this results prefix holds (its parts and consolidated

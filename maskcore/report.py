@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -34,9 +35,10 @@ from maskcore.draw import (
     load_picture,
 )
 from maskcore.errors import MaskcoreError
-from maskcore.results import GROUPS, RunResults, group_of
+from maskcore.results import GROUPS, REPORT_NAME, RunResults, group_of
+from maskcore.storage import S3Store, parse_s3_url
 
-__all__ = ["MAX_CARDS", "ReportStats", "write_report"]
+__all__ = ["MAX_CARDS", "ReportStats", "publish_report", "write_report"]
 
 #: Pictures in the gallery at most (flagged first); the page says when there were more.
 MAX_CARDS = 400
@@ -106,6 +108,35 @@ def write_report(results: RunResults, out: Path, *, max_cards: int = MAX_CARDS,
     return ReportStats(path=out, pictures=len(rows), cards=len(shown), flagged=counts["flagged"],
                        capped=len(rows) > len(shown), unavailable=unavailable,
                        seconds=time.monotonic() - t0)
+
+
+def publish_report(results: RunResults, out: str | None = None, *, max_cards: int = MAX_CARDS,
+                   progress: Callable[[int], None] | None = None) -> tuple[ReportStats, str]:
+    """Write the report to a file or an ``s3://`` key; returns its stats and where it went.
+
+    ``out`` None puts it beside the manifest (:data:`~maskcore.results.REPORT_NAME` in the
+    results folder or prefix). An ``s3://`` target is written locally first, then uploaded
+    whole as ``text/html``, so a browser opens it straight from the bucket.
+
+    Raises:
+        StorageError: the target cannot be written.
+    """
+    target = out or _join(results.location, REPORT_NAME)
+    if not target.startswith("s3://"):
+        return write_report(results, Path(target), max_cards=max_cards, progress=progress), target
+    loc = parse_s3_url(target)
+    if not loc.prefix or loc.prefix.endswith("/"):
+        target, loc = _join(target, REPORT_NAME), parse_s3_url(_join(target, REPORT_NAME))
+    with tempfile.TemporaryDirectory(prefix="maskcore-report-") as tmp:
+        stats = write_report(results, Path(tmp) / REPORT_NAME, max_cards=max_cards,
+                             progress=progress)
+        S3Store(f"s3://{loc.bucket}/").put(loc.prefix, stats.path.read_bytes(),
+                                           "text/html; charset=utf-8")
+    return stats, target
+
+
+def _join(location: str, name: str) -> str:
+    return location.rstrip("/") + "/" + name
 
 
 def _severity(row: dict[str, Any]) -> float:

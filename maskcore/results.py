@@ -18,7 +18,11 @@ from maskcore.errors import StorageError, UsageError
 from maskcore.manifest import VERDICT_ORDER
 from maskcore.storage import LocalSource, Ref, S3Store, parse_s3_url
 
-__all__ = ["FLAGGED", "RunResults", "group_of", "open_results"]
+__all__ = ["FLAGGED", "REPORT_NAME", "RunResults", "group_of", "open_results"]
+
+#: Where ``maskcore report`` puts its page by default: beside the manifest (a worker's ledger
+#: counts it among its own files, so a results prefix inside the source never classifies it).
+REPORT_NAME = "report.html"
 
 #: Labels that flag a picture: somebody here is not wearing a mask properly.
 FLAGGED = VERDICT_ORDER[:2]

@@ -131,18 +131,27 @@ def test_boxes_are_drawn_where_the_face_is(tmp_path, model_path):
     assert np.abs(away.reshape(-1, 3) - red).sum(axis=1).min() > 100
 
 
-def test_a_workers_results_in_a_bucket_make_a_report(s3_client, tmp_path, model_path,
-                                                      face_pictures):
+def test_a_workers_results_in_a_bucket_make_a_report_in_the_bucket(s3_client, tmp_path,
+                                                                    model_path, face_pictures):
     s3_client.create_bucket(Bucket="report-test")
     for p in face_pictures[:4]:
         s3_client.put_object(Bucket="report-test", Key=f"incoming/{p.name}", Body=p.read_bytes())
-    cli("worker", "--source", "s3://report-test/incoming/", "--results",
-        "s3://report-test/results/", "--once", "--model", str(model_path), "--workers", "0")
-    out = cli("report", "s3://report-test/results/", "--out", str(tmp_path / "r.html"),
-              "--annotate", str(tmp_path / "drawn"))
-    page = (tmp_path / "r.html").read_text()
+    # The results lie inside the source (the bucket root): the report must not become a picture.
+    worker = ["worker", "--source", "s3://report-test/", "--results", "s3://report-test/results/",
+              "--once", "--model", str(model_path), "--workers", "0"]
+    cli(*worker, "--report")  # the nightly run draws its report itself
+    assert s3_client.head_object(Bucket="report-test", Key="results/report.html")
+    s3_client.delete_object(Bucket="report-test", Key="results/report.html")
+    out = cli("report", "s3://report-test/results/", "--annotate", str(tmp_path / "drawn"))
+    assert "Open s3://report-test/results/report.html" in out
+    obj = s3_client.get_object(Bucket="report-test", Key="results/report.html")
+    assert obj["ContentType"].startswith("text/html")
+    page = obj["Body"].read().decode()
     assert page.count('<article class="card') == 4
     assert page.count("data:image/jpeg;base64") >= 4  # thumbnails read back from the bucket
-    flagged = [p for p in (tmp_path / "drawn").rglob("*.jpg")]
+    flagged = list((tmp_path / "drawn").rglob("*.jpg"))
     assert f"{len(flagged)} annotated picture(s)" in out
     assert all(p.relative_to(tmp_path / "drawn").parts[0] == "report-test" for p in flagged)
+    # report.html is the results', not a picture: the next nightly pass has nothing to do
+    assert "this run classified 0" in cli(*worker, "--report")
+    assert s3_client.head_object(Bucket="report-test", Key="results/report.html")
