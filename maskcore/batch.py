@@ -19,7 +19,7 @@ from maskcore.manifest import FACE_ROWS, ManifestWriter
 from maskcore.pool import capped_workers
 from maskcore.progress import Progress
 from maskcore.results import FLAGGED, RunResults
-from maskcore.runners import Runner, make_runner
+from maskcore.runners import Runner, RunOptions, make_runner
 from maskcore.settings import DEFAULTS
 from maskcore.storage import LocalSource, S3Store, open_source
 
@@ -96,8 +96,8 @@ def run_batch(
             flagged.append({**row, FACE_ROWS: list(row[FACE_ROWS])})
         writer.write(row)
 
-    report = runner.run(refs, source, analyzer, emit, batch_size=batch_size,
-                        threshold=threshold, progress=bar)
+    report = runner.run(refs, source, analyzer, emit,
+                        RunOptions(batch_size=batch_size, threshold=threshold, progress=bar))
     bar.close()
     wall = time.monotonic() - t0
     summary = {

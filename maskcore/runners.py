@@ -1,10 +1,11 @@
 """Runners: where the shared stages run. One protocol, two implementations.
 
 Every job (batch, worker, serverless handler, benchmark) hands a :class:`Runner` the same
-things: refs, the source that reads them, the loaded analyzer, and callbacks. Rows come back
-through ``emit`` in input order, built by the one :class:`~maskcore.manifest.RowBuilder`;
-``on_batch`` sees each batch's rows after they were emitted; ``stop`` ends the run after the
-tasks in flight. Which runner to use is decided once, by :func:`make_runner`.
+things: refs, the source that reads them, the loaded analyzer, ``emit``, and :class:`RunOptions`.
+Rows come back through ``emit`` in input order, built by the one
+:class:`~maskcore.manifest.RowBuilder`; ``on_batch`` sees each batch's rows after they were
+emitted; ``stop`` ends the run after the tasks in flight. Which runner to use is decided once,
+by :func:`make_runner`.
 
 * :class:`LocalRunner` - decode processes (or threads) on this machine, the default
   (:func:`maskcore.pipeline.classify`).
@@ -26,12 +27,36 @@ from maskcore.progress import Progress
 from maskcore.settings import DEFAULTS
 from maskcore.storage import Ref, Source
 
-__all__ = ["RUNNERS", "LocalRunner", "RayRunner", "RunReport", "Runner", "make_runner"]
+__all__ = ["RUNNERS", "LocalRunner", "RayRunner", "RunOptions", "RunReport", "Runner",
+           "make_runner"]
 
 #: The runner names the CLI accepts (``--runner``); the first is the default.
 RUNNERS = ("local", "ray")
 
 Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run batches, labels and reports back, whichever runner runs it.
+
+    Attributes:
+        batch_size: pictures per engine call.
+        threshold: a top score below it labels a face or picture ``uncertain``.
+        progress: counts rows as they are emitted.
+        row_extra: extra fields for a ref's rows (the worker's ``etag``); a module-level
+            function, since it may travel to other processes.
+        on_batch: called with each batch's rows after they were emitted.
+        stop: polled between tasks; once it returns True no new task starts, and the tasks
+            in flight finish and are emitted.
+    """
+
+    batch_size: int = DEFAULTS.batch_size
+    threshold: float = DEFAULTS.threshold
+    progress: Progress | None = None
+    row_extra: Callable[[Ref], Row] | None = None
+    on_batch: Callable[[list[Row]], None] | None = None
+    stop: Callable[[], bool] | None = None
 
 
 @dataclass
@@ -71,12 +96,8 @@ class Runner(Protocol):
         ...
 
     def run(self, refs: Iterable[Ref], source: Source, analyzer: Analyzer,
-            emit: Callable[[Row], None], *, batch_size: int = DEFAULTS.batch_size,
-            threshold: float = DEFAULTS.threshold, progress: Progress | None = None,
-            row_extra: Callable[[Ref], Row] | None = None,
-            on_batch: Callable[[list[Row]], None] | None = None,
-            stop: Callable[[], bool] | None = None) -> RunReport:
-        """Classify every ref; see :func:`maskcore.pipeline.classify` for the arguments."""
+            emit: Callable[[Row], None], options: RunOptions = RunOptions()) -> RunReport:
+        """Classify every ref and hand each picture row to ``emit``, in input order."""
         ...
 
 
@@ -98,14 +119,11 @@ class LocalRunner:
                 "provider": analyzer.engine.provider}
 
     def run(self, refs: Iterable[Ref], source: Source, analyzer: Analyzer,
-            emit: Callable[[Row], None], *, batch_size: int = DEFAULTS.batch_size,
-            threshold: float = DEFAULTS.threshold, progress: Progress | None = None,
-            row_extra: Callable[[Ref], Row] | None = None,
-            on_batch: Callable[[list[Row]], None] | None = None,
-            stop: Callable[[], bool] | None = None) -> RunReport:
-        times = classify(refs, source, analyzer, emit, batch_size=batch_size,
-                         workers=self.workers, threshold=threshold, progress=progress,
-                         row_extra=row_extra, on_batch=on_batch, stop=stop)
+            emit: Callable[[Row], None], options: RunOptions = RunOptions()) -> RunReport:
+        o = options
+        times = classify(refs, source, analyzer, emit, batch_size=o.batch_size,
+                         workers=self.workers, threshold=o.threshold, progress=o.progress,
+                         row_extra=o.row_extra, on_batch=o.on_batch, stop=o.stop)
         return RunReport(times)
 
 
@@ -133,17 +151,14 @@ class RayRunner:
         return {"runner": self.name, "device": self.device, "provider": "per Ray actor"}
 
     def run(self, refs: Iterable[Ref], source: Source, analyzer: Analyzer,
-            emit: Callable[[Row], None], *, batch_size: int = DEFAULTS.batch_size,
-            threshold: float = DEFAULTS.threshold, progress: Progress | None = None,
-            row_extra: Callable[[Ref], Row] | None = None,
-            on_batch: Callable[[list[Row]], None] | None = None,
-            stop: Callable[[], bool] | None = None) -> RunReport:
+            emit: Callable[[Row], None], options: RunOptions = RunOptions()) -> RunReport:
         from maskcore.ray_runner import RayOptions, classify_ray
 
+        o = options
         times, cluster = classify_ray(refs, source, analyzer, emit, device=self.device,
-                                      batch_size=batch_size, threshold=threshold,
-                                      progress=progress, row_extra=row_extra,
-                                      on_batch=on_batch, stop=stop,
+                                      batch_size=o.batch_size, threshold=o.threshold,
+                                      progress=o.progress, row_extra=o.row_extra,
+                                      on_batch=o.on_batch, stop=o.stop,
                                       options=self.options or RayOptions())
         return RunReport(times, cluster)
 

@@ -30,7 +30,7 @@ from maskcore.events import S3Object, is_scheduled, is_sqs, objects_of
 from maskcore.faces import Analyzer, FaceOptions, open_analyzer, results_id
 from maskcore.ledger import ResultsStore, etag_field
 from maskcore.manifest import is_transient
-from maskcore.runners import LocalRunner
+from maskcore.runners import LocalRunner, RunOptions
 from maskcore.settings import from_env, parse_setting
 from maskcore.storage import Ref, S3Store, parse_s3_url
 from maskcore.worker import Worker, WorkerConfig, log_event
@@ -107,8 +107,9 @@ def _classify(engine: Analyzer, objects: list[S3Object]) -> list[dict[str, Any]]
     for bucket, objs in sorted(per_bucket.items()):
         source = S3Store(f"s3://{bucket}/")
         refs = sorted(Ref(source=f"s3://{bucket}/{o.key}", key=o.key, etag=o.etag) for o in objs)
-        _RUNNER.run(refs, source, engine, rows.append, batch_size=max(len(refs), 1),
-                    threshold=from_env().threshold, row_extra=etag_field)
+        _RUNNER.run(refs, source, engine, rows.append,
+                    RunOptions(batch_size=max(len(refs), 1), threshold=from_env().threshold,
+                               row_extra=etag_field))
     return rows
 
 

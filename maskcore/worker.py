@@ -22,7 +22,7 @@ from maskcore.errors import StorageError, UsageError
 from maskcore.faces import Analyzer, results_id
 from maskcore.ledger import ResultsStore, etag_field
 from maskcore.progress import Progress
-from maskcore.runners import LocalRunner, Runner
+from maskcore.runners import LocalRunner, Runner, RunOptions
 from maskcore.settings import DEFAULTS
 from maskcore.storage import Ref, S3Store
 
@@ -142,9 +142,9 @@ class Worker:
 
         batch_start = [time.monotonic()]
         self.runner.run(refs, self.source, self.analyzer, lambda row: None,
-                        batch_size=self.cfg.batch_size, threshold=self.cfg.threshold,
-                        progress=progress, row_extra=etag_field, on_batch=on_batch,
-                        stop=self._stop.is_set)
+                        RunOptions(batch_size=self.cfg.batch_size, threshold=self.cfg.threshold,
+                                   progress=progress, row_extra=etag_field, on_batch=on_batch,
+                                   stop=self._stop.is_set))
         return written
 
     def run(self, *, show_progress: bool = False) -> dict[str, Any]:

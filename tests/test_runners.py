@@ -10,7 +10,7 @@ from maskcore.errors import UsageError
 from maskcore.faces import FaceOptions
 from maskcore.ledger import etag_field
 from maskcore.manifest import FACE_ROWS
-from maskcore.runners import LocalRunner, RayRunner, make_runner
+from maskcore.runners import LocalRunner, RayRunner, RunOptions, make_runner
 from maskcore.storage import LocalSource
 from maskcore.worker import Worker, WorkerConfig
 from tests.conftest import copy_pictures
@@ -37,7 +37,7 @@ def run(runner: LocalRunner, root: Path, model: Path, faces: str = "auto", **kw)
     rows: list[dict] = []
     batches: list[list[dict]] = []
     report = runner.run(list(source.list()), source, analyzer, rows.append,
-                        on_batch=batches.append, **kw)
+                        RunOptions(on_batch=batches.append, **kw))
     return rows, batches, report
 
 
