@@ -35,7 +35,7 @@ from maskcore.engine import DEFAULT_MODEL, Engine
 from maskcore.pool import default_workers, make_pool
 from maskcore.storage import LocalSource, Ref
 
-GPU_MARKER = "<!-- gpu section: kept by make bench -->"
+GPU_MARKER = "<!-- gpu section: kept by make bench -->"  # and everything after it
 
 
 def _cpu_name() -> str:
