@@ -19,13 +19,14 @@ from maskcore.card import CARD_NAME, ModelCard
 from maskcore.cli import run_command
 from maskcore.dataset import inspect, scan
 from maskcore.errors import DatasetError, ModelError
+from maskcore.progress import say
 from maskcore.split import split_from_record
 
 __all__ = ["quantize", "run_quantize"]
 
 
 def _log(msg: str) -> None:
-    click.echo(f"[quantize] {msg}", err=True)
+    say(msg, job="quantize")
 
 
 def run_quantize(model_dir: Path, data_dir: Path, *, workers: int | None = None) -> dict[str, Any]:

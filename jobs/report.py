@@ -10,14 +10,11 @@ import click
 
 from maskcore.annotate import annotate_flagged
 from maskcore.cli import run_command
+from maskcore.progress import say
 from maskcore.report import MAX_CARDS, publish_report
 from maskcore.results import open_results
 
 __all__ = ["report"]
-
-
-def _say(line: str) -> None:
-    click.echo(line, err=True)
 
 
 @click.command(short_help="An HTML report of a run (a results folder or s3:// prefix).")
@@ -49,17 +46,17 @@ def report(results: str, out: str | None, source_root: str | None, max_cards: in
 
     def _run() -> Any:
         run = open_results(results, source_root)
-        _say(f"{len(run.rows):,} pictures and {run.face_count:,} faces in {results}; "
+        say(f"{len(run.rows):,} pictures and {run.face_count:,} faces in {results}; "
              f"drawing up to {min(max_cards, len(run.rows)):,} thumbnails ...")
         stats, where = publish_report(run, out, max_cards=max_cards,
-                                      progress=lambda n: _say(f"  {n:,} thumbnails")
+                                      progress=lambda n: say(f"  {n:,} thumbnails")
                                       if n % 100 == 0 else None)
-        copies = annotate_flagged(run, annotate, log=_say) if annotate is not None else []
+        copies = annotate_flagged(run, annotate, log=say) if annotate is not None else []
         return stats, where, copies
 
     stats, where, copies = run_command(_run)
     if stats.unavailable:
-        _say(f"{stats.unavailable:,} source picture(s) could not be read for thumbnails "
+        say(f"{stats.unavailable:,} source picture(s) could not be read for thumbnails "
              "(moved or deleted since the run? see --source)")
     capped = f" (of {stats.pictures:,}; raise --max-cards for more)" if stats.capped else ""
     click.echo(f"{stats.flagged:,} flagged of {stats.pictures:,} pictures; gallery of "

@@ -7,17 +7,16 @@ the input, open the models through the runner, stream rows into the
 
 from __future__ import annotations
 
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from maskcore.annotate import annotate_flagged
+from maskcore.clock import utc_now
 from maskcore.faces import FaceOptions
 from maskcore.manifest import FACE_ROWS, ManifestWriter
 from maskcore.pool import capped_workers
-from maskcore.progress import Progress
+from maskcore.progress import Progress, say
 from maskcore.results import FLAGGED, RunResults
 from maskcore.runners import Runner, RunOptions, make_runner
 from maskcore.settings import DEFAULTS
@@ -27,11 +26,6 @@ __all__ = ["FORMATS", "format_summary", "run_batch"]
 
 #: The manifest formats ``--format`` accepts.
 FORMATS = ("jsonl", "csv")
-
-
-def _say(line: str) -> None:
-    """A line of what the job is doing, on stderr (stdout keeps the end-of-run table)."""
-    print(line, file=sys.stderr, flush=True)
 
 
 def run_batch(
@@ -66,7 +60,7 @@ def run_batch(
         ModelError: the model or its card cannot be used.
         UsageError: options that cannot work here (``--device cuda`` without CUDA).
     """
-    started = datetime.now(timezone.utc)
+    started = utc_now("seconds")
     t0 = time.monotonic()
     source = open_source(input_spec, exclude=out)
     if isinstance(source, S3Store):
@@ -77,14 +71,14 @@ def run_batch(
     engine = analyzer.engine
     facts = runner.facts(analyzer)
     where = f"{facts['device']} [{facts['provider']}]"
-    _say(f"model {engine.model_id} ({engine.path}, {engine.precision}) on {where}")
+    say(f"model {engine.model_id} ({engine.path}, {engine.precision}) on {where}")
     if analyzer.detector is not None:
-        _say(f"faces: detector {analyzer.detector_id} ({analyzer.detector.path.name}, "
+        say(f"faces: detector {analyzer.detector_id} ({analyzer.detector.path.name}, "
              f"canvas {analyzer.detector.spec.canvas} px)")
     refs = list(source.list())
     skipped = source.hidden_skipped if isinstance(source, LocalSource) else 0
     own = source.excluded if isinstance(source, LocalSource) else 0
-    _say(f"{len(refs):,} files under {source.describe()}"
+    say(f"{len(refs):,} files under {source.describe()}"
          + (f" ({skipped} hidden skipped)" if skipped else "")
          + (f" ({own} in the output folder {out} left out)" if own else ""))
     writer = ManifestWriter(out, engine.classes, formats)
@@ -123,8 +117,8 @@ def run_batch(
         "output": str(out),
         "runner": facts["runner"],
         **({"ray_cluster": report.cluster} if report.cluster else {}),
-        "started_at": started.isoformat(timespec="seconds"),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started_at": started,
+        "finished_at": utc_now("seconds"),
     }
     writer.close(summary)
     if annotate is not None:
@@ -133,9 +127,9 @@ def run_batch(
                          summary=summary,
                          input_root=source.path.resolve() if isinstance(source, LocalSource)
                          else None)
-        copies = annotate_flagged(run, annotate, log=_say)
+        copies = annotate_flagged(run, annotate, log=say)
         summary["annotated"] = {"folder": str(annotate), "pictures": len(copies)}
-        _say(f"{len(copies):,} flagged picture(s) drawn into {annotate}")
+        say(f"{len(copies):,} flagged picture(s) drawn into {annotate}")
     return summary
 
 

@@ -21,9 +21,9 @@ import json
 import os
 import socket
 import uuid
-from datetime import datetime, timezone
 from typing import Any
 
+from maskcore.clock import file_stamp, utc_now
 from maskcore.manifest import (
     FACE_FIELDS,
     Tally,
@@ -112,7 +112,7 @@ class ResultsStore:
     def write_part(self, rows: list[dict[str, Any]]) -> str:
         """PUT one batch's rows as a new immutable part; returns its key."""
         self._seq += 1
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        stamp = file_stamp()
         key = f"{self.parts_prefix}{stamp}-{self.writer_id}-{self._seq:06d}.jsonl"
         self.store.put(key, rows_to_jsonl(rows), "application/x-ndjson")
         self._seen_parts.add(key)
@@ -131,7 +131,7 @@ class ResultsStore:
             "model_id": self.model_id,
             "parts": len(self._seen_parts),
             "results": self.store.location.url,
-            "consolidated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "consolidated_at": utc_now("seconds"),
             **(extra_summary or {}),
         }
         loc = self.store.location

@@ -18,12 +18,12 @@ import json
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
 
+from maskcore.clock import utc_now
 from maskcore.errors import StorageError
 
 __all__ = [
@@ -71,11 +71,6 @@ FACE_FIELDS = ("source", "face", "x0", "y0", "x1", "y1", "face_score", "label", 
 FACE_ROWS = "face_rows"
 
 UNCERTAIN = "uncertain"
-
-
-def utc_now() -> str:
-    """The current UTC time, ISO 8601 with milliseconds and a Z."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def ok_row(

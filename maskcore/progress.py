@@ -9,7 +9,16 @@ import sys
 import time
 from typing import TextIO
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "say"]
+
+
+def say(line: str, *, job: str = "") -> None:
+    """One line for the person running a job, on stderr (``job`` prefixes it as ``[job]``).
+
+    Jobs a person runs say what they do with this; the worker, which runs unattended, writes JSON
+    lines instead (:func:`maskcore.worker.log_event`).
+    """
+    print(f"[{job}] {line}" if job else line, file=sys.stderr, flush=True)
 
 
 class Progress:

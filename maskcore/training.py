@@ -14,7 +14,6 @@ import json
 import platform
 import time
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,13 @@ import numpy as np
 
 from maskcore.boxdata import audit_boxes, format_box_audit, is_box_dataset, load_box_dataset
 from maskcore.card import ModelCard, file_sha256
+from maskcore.clock import utc_now
 from maskcore.dataset import IMBALANCE_RATIO, audit, format_audit, inspect, scan
 from maskcore.errors import DatasetError, ModelError
 from maskcore.faces import DEFAULT_MARGIN
 from maskcore.metrics import evaluate, summary_line
 from maskcore.preprocess import PreprocessSpec
+from maskcore.progress import say
 from maskcore.split import split_dataset
 
 __all__ = ["CLASS_ORDER", "TRAINING", "TrainingDefaults", "ordered_classes", "run_training"]
@@ -51,7 +52,7 @@ TRAINING = TrainingDefaults()
 
 
 def _log(msg: str) -> None:
-    click.echo(f"[train] {msg}", err=True)
+    say(msg, job="train")
 
 
 #: Class order of a model trained on several datasets (or on box datasets): these first, in this
@@ -308,7 +309,7 @@ def run_training(
         onnx_sha256=file_sha256(onnx_path),
         int8=int8 if int8 and int8["parity"]["passed"] else None,
         extra={
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created_at": utc_now("seconds"),
             "architecture": "maskcore_cnn: stride-2 stem, conv-BN-ReLU blocks "
                             + "-".join(map(str, cfg.widths)) + ", GAP, softmax",
             "parameters": int(model.count_params()),

@@ -15,9 +15,9 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
+from maskcore.clock import utc_now
 from maskcore.errors import StorageError, UsageError
 from maskcore.faces import Analyzer, results_id
 from maskcore.ledger import ResultsStore, etag_field
@@ -31,7 +31,7 @@ __all__ = ["Worker", "WorkerConfig", "log_event", "parse_shard"]
 
 def log_event(event: str, **fields: Any) -> None:
     """One JSON log line on stderr."""
-    record = {"ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+    record = {"ts": utc_now(),
               "event": event, **fields}
     sys.stderr.write(json.dumps(record) + "\n")
     sys.stderr.flush()

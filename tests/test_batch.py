@@ -225,6 +225,8 @@ def test_make_batch_on_examples(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "with_mask" in r.stdout and "pictures/s" in r.stdout
+    assert "maskcore report" in r.stdout  # where to look next
+    assert "warn" not in r.stderr.lower()  # a CPU run is normal, not a warning
     assert {p.name for p in out.iterdir()} == {"manifest.jsonl", "manifest.csv", "faces.jsonl",
                                                "faces.csv", "summary.json"}
     assert json.loads((out / "summary.json").read_text())["errors"] == 0

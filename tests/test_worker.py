@@ -257,3 +257,15 @@ def test_vanished_object_is_an_error_row_and_the_loop_goes_on(bucket, model_path
     assert rows["incoming/0002.jpg"]["error"].startswith("cannot read")
     assert all(r["status"] == "ok" for k, r in rows.items() if k != "incoming/0002.jpg")
     assert [r.key for r in w.pending()] == []  # it is gone from the listing: nothing to redo
+
+
+def test_a_normal_run_says_what_it_does_and_nothing_else(bucket, model_path):
+    """What a person sees: our JSON lines and the summary; no third-party notes, no warnings."""
+    seed(bucket, 6, bad=False)
+    proc = start_worker(model_path, "--once")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert "6 objects" in out
+    events = [json.loads(line)["event"] for line in err.splitlines()]  # every line is ours
+    assert events[0] == "start" and events[-1] == "stop"
+    assert "credentials" not in err.lower() and "warn" not in err.lower()
