@@ -18,9 +18,9 @@ import numpy as np
 from maskcore.card import CARD_NAME, ModelCard
 from maskcore.cli import run_command
 from maskcore.dataset import inspect, scan
-from maskcore.errors import DatasetError, ModelError
+from maskcore.errors import DatasetError
 from maskcore.progress import say
-from maskcore.split import split_from_record
+from maskcore.split import SPLIT_FILE, read_split_record, split_from_record
 
 __all__ = ["quantize", "run_quantize"]
 
@@ -39,14 +39,7 @@ def run_quantize(model_dir: Path, data_dir: Path, *, workers: int | None = None)
     from maskcore.quantize import make_int8_variant
 
     card = ModelCard.read(model_dir / CARD_NAME)
-    split_path = model_dir / "split.json"
-    try:
-        record = json.loads(split_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read the split record {split_path}: {exc}") from exc
-    if "hashes" not in record:
-        raise ModelError(f"{split_path} records no folder-per-class split; `maskcore train` "
-                         "makes the int8 variant of such a model itself: train it again")
+    record = read_split_record(model_dir)
     if len(record.get("datasets", {})) > 1:
         _log("the model was trained on several datasets: calibrating and checking on the "
              "folder-per-class one only")
@@ -60,7 +53,7 @@ def run_quantize(model_dir: Path, data_dir: Path, *, workers: int | None = None)
     try:
         split = split_from_record(infos, hashes)
     except DatasetError as exc:
-        raise DatasetError(f"{exc} ({data_dir}; record {split_path})") from exc
+        raise DatasetError(f"{exc} ({data_dir}; record {model_dir / SPLIT_FILE})") from exc
     x_train = np.stack([arrays[k] for k in split.train])
     x_test = np.stack([arrays[k] for k in split.test])
     # Folder labels by name into the model's class order (a superset for a model trained on

@@ -22,6 +22,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's start-up chatter
 import tensorflow as tf  # noqa: E402
 from tensorflow import keras  # noqa: E402
 
+from maskcore.card import INPUT_NAME, OUTPUT_NAME  # noqa: E402
+
 __all__ = ["TrainConfig", "augment_batch", "build_model", "count_flops", "fit", "float32_copy",
            "predict", "resolve_compute", "save_for_inference", "setup_tensorflow"]
 
@@ -113,7 +115,7 @@ def build_model(n_classes: int, size: tuple[int, int], cfg: TrainConfig) -> kera
         x = keras.layers.BatchNormalization(dtype=policy)(x)
         return keras.layers.ReLU(dtype=policy)(x)
 
-    inputs = keras.Input(shape=(h, w, 3), name="image")
+    inputs = keras.Input(shape=(h, w, 3), name=INPUT_NAME)
     x = block(inputs, 16, stride=2)
     for i, filters in enumerate(cfg.widths):
         x = block(x, filters)
@@ -122,7 +124,7 @@ def build_model(n_classes: int, size: tuple[int, int], cfg: TrainConfig) -> kera
     x = keras.layers.GlobalAveragePooling2D(dtype=policy)(x)
     x = keras.layers.Dropout(cfg.dropout, dtype=policy)(x)
     # The softmax stays float32: bfloat16's 8-bit mantissa would round the probabilities.
-    outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities",
+    outputs = keras.layers.Dense(n_classes, activation="softmax", name=OUTPUT_NAME,
                                  dtype="float32")(x)
     return keras.Model(inputs, outputs, name="maskcore_cnn")
 

@@ -8,14 +8,46 @@ noise: it takes the label most of its copies carry.
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from maskcore.dataset import FileInfo
-from maskcore.errors import DatasetError
+from maskcore.errors import DatasetError, ModelError
 
-__all__ = ["Split", "split_dataset", "split_from_record"]
+__all__ = ["SPLIT_FILE", "Split", "read_split_record", "split_dataset", "split_from_record",
+           "write_split_record"]
+
+#: The split record beside a trained model: which pictures (by content hash) were in which split.
+SPLIT_FILE = "split.json"
+
+
+def write_split_record(model_dir: Path, record: dict[str, Any]) -> Path:
+    """Write a model's split record (``seed``, ``shares``, ``sizes``, ``hashes`` for a
+    folder-per-class dataset, and ``datasets``: what each dataset contributed)."""
+    path = model_dir / SPLIT_FILE
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def read_split_record(model_dir: Path) -> dict[str, Any]:
+    """A model's split record, with the ``hashes`` of its folder-per-class split.
+
+    Raises:
+        ModelError: there is no readable record, or it names no folder-per-class split.
+    """
+    path = model_dir / SPLIT_FILE
+    try:
+        record: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read the split record {path}: {exc}") from exc
+    if "hashes" not in record:
+        raise ModelError(f"{path} records no folder-per-class split; `maskcore train` "
+                         "makes the int8 variant of such a model itself: train it again")
+    return record
 
 
 @dataclass(frozen=True)

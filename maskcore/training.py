@@ -30,7 +30,7 @@ from maskcore.faces import DEFAULT_MARGIN
 from maskcore.metrics import evaluate, summary_line
 from maskcore.preprocess import PreprocessSpec
 from maskcore.progress import say
-from maskcore.split import split_dataset
+from maskcore.split import split_dataset, write_split_record
 
 __all__ = ["CLASS_ORDER", "TRAINING", "TrainingDefaults", "ordered_classes", "run_training"]
 
@@ -292,7 +292,7 @@ def run_training(
     if len(folder_parts) == 1:  # the record `maskcore quantize` rebuilds the split from
         split_doc.update(records[folder_parts[0].name]["split"])
     split_doc["datasets"] = {p.name: p.record for p in parts}
-    (out / "split.json").write_text(json.dumps(split_doc, indent=1) + "\n")
+    write_split_record(out, split_doc)
     (out / "audit.json").write_text(json.dumps(
         {name: rec["audit"] for name, rec in records.items()}, indent=2) + "\n")
     report_doc = {"test": metrics, "test_per_dataset": per_dataset, "parity": parity,
