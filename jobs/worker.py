@@ -11,6 +11,7 @@ import click
 
 from maskcore.cli import (
     Finite,
+    env_option,
     ray_options_decorator,
     ray_options_from,
     run_command,
@@ -51,27 +52,26 @@ SHORT_HELP = "Watch an S3 prefix and classify what lands (--once: one pass)."
 
 
 @click.command(short_help=SHORT_HELP)
-@click.option("--source", required=True, envvar="MASKCORE_SOURCE", show_envvar=True,
-              help="The prefix to classify: s3://bucket/incoming/.")
-@click.option("--results", required=True, envvar="MASKCORE_RESULTS", show_envvar=True,
-              help="Where result parts and the consolidated manifest go: s3://bucket/results/.")
-@click.option("--once", is_flag=True, envvar="MASKCORE_ONCE", show_envvar=True,
-              help="One pass over everything not yet done, consolidate, exit (the nightly run).")
-@click.option("--poll-interval", default=WorkerConfig.poll_interval, show_default=True,
-              envvar="MASKCORE_POLL_INTERVAL", show_envvar=True, type=Finite(0.1, 86400),
-              help="Seconds between listings.")
-@click.option("--max-wait", default=WorkerConfig.max_wait, show_default=True,
-              envvar="MASKCORE_MAX_WAIT", show_envvar=True, type=Finite(0, 3600),
-              help="Seconds a partial batch waits for more pictures before it is sent.")
-@click.option("--reprocess", is_flag=True, envvar="MASKCORE_REPROCESS", show_envvar=True,
-              help="Classify everything again, done or not (after a model change, say).")
-@click.option("--shard", default=None, envvar="MASKCORE_SHARD", show_envvar=True,
-              help="I/N: take only the keys whose hash falls in shard I of N (run N workers).")
-@click.option("--consolidate-every", default=WorkerConfig.consolidate_every, show_default=True,
-              envvar="MASKCORE_CONSOLIDATE_EVERY", show_envvar=True, type=Finite(1, 86400),
-              help="Seconds between refreshes of the consolidated manifest when watching.")
-@click.option("--report", is_flag=True, envvar="MASKCORE_REPORT", show_envvar=True,
-              help="With --once: write RESULTS/report.html (maskcore report) after the pass.")
+@env_option("--source", env="MASKCORE_SOURCE", required=True,
+            help="The prefix to classify: s3://bucket/incoming/.")
+@env_option("--results", env="MASKCORE_RESULTS", required=True,
+            help="Where result parts and the consolidated manifest go: s3://bucket/results/.")
+@env_option("--once", env="MASKCORE_ONCE", is_flag=True,
+            help="One pass over everything not yet done, consolidate, exit (the nightly run).")
+@env_option("--poll-interval", env="MASKCORE_POLL_INTERVAL", default=WorkerConfig.poll_interval,
+            type=Finite(0.1, 86400), help="Seconds between listings.")
+@env_option("--max-wait", env="MASKCORE_MAX_WAIT", default=WorkerConfig.max_wait,
+            type=Finite(0, 3600),
+            help="Seconds a partial batch waits for more pictures before it is sent.")
+@env_option("--reprocess", env="MASKCORE_REPROCESS", is_flag=True,
+            help="Classify everything again, done or not (after a model change, say).")
+@env_option("--shard", env="MASKCORE_SHARD", default=None,
+            help="I/N: take only the keys whose hash falls in shard I of N (run N workers).")
+@env_option("--consolidate-every", env="MASKCORE_CONSOLIDATE_EVERY",
+            default=WorkerConfig.consolidate_every, type=Finite(1, 86400),
+            help="Seconds between refreshes of the consolidated manifest when watching.")
+@env_option("--report", env="MASKCORE_REPORT", is_flag=True,
+            help="With --once: write RESULTS/report.html (maskcore report) after the pass.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar [default: only on a terminal].")
 @serving_options

@@ -16,7 +16,7 @@ import click
 
 from maskcore.errors import MaskcoreError
 
-__all__ = ["Finite", "main", "run_command", "serving_options", "setup_logging"]
+__all__ = ["Finite", "env_option", "main", "run_command", "serving_options", "setup_logging"]
 
 #: Libraries whose INFO lines are not for the person running a job ("Found credentials in
 #: environment variables", connection pool notes): only their warnings get through.
@@ -73,7 +73,7 @@ class Finite(click.FloatRange):
     """A float range that also refuses nan and inf (``FloatRange`` lets nan through, and a nan
     threshold or poll interval breaks a run quietly)."""
 
-    name = "finite float range"
+    name = "number"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
                 ) -> Any:
@@ -81,6 +81,13 @@ class Finite(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return number
+
+
+def env_option(*decls: str, env: str, **kwargs: Any) -> Any:
+    """A click option that also reads the environment variable ``env`` and shows it (and its
+    default, where it has one) in ``--help``."""
+    kwargs.setdefault("show_default", kwargs.get("default") is not None)
+    return click.option(*decls, envvar=env, show_envvar=True, **kwargs)
 
 
 def serving_options(fn: Any) -> Any:

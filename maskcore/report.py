@@ -309,7 +309,7 @@ background:#eef0f3}.missing{height:190px;display:flex;align-items:center;justify
 color:var(--muted);background:#eef0f3}.missing.err{background:#fbe9e7;color:#a12}
 .meta{padding:6px 8px}.name{font-size:12px;color:var(--muted);overflow:hidden;
 text-overflow:ellipsis;white-space:nowrap}.why{font-size:12px;color:var(--muted)}
-.faces{display:flex;flex-wrap:wrap;gap:8px}.face{margin:0;background:var(--card);
+.face-grid{display:flex;flex-wrap:wrap;gap:8px}.face{margin:0;background:var(--card);
 border:1px solid var(--line);border-radius:6px;padding:4px;text-align:center;font-size:12px}
 .face img,.face .missing{width:96px;height:96px}.note{color:var(--muted)}[hidden]{display:none!important}
 """
@@ -358,7 +358,7 @@ _TEMPLATE = """<!doctype html>
 <span id="shown" class="note"></span></nav>
 <div class="gallery">{cards}</div></section>
 <section id="tab-least" hidden><p class="note">The {least_what} the classifier was least sure
-of: check these first when tuning <code>--threshold</code>.</p><div class="faces">{least}</div>
+of: check these first when tuning <code>--threshold</code>.</p><div class="face-grid">{least}</div>
 </section>
 <section id="tab-errors" hidden><table><tr><th>source</th><th>kind</th><th>error</th></tr>
 {errors}</table>{errors_more}</section>

@@ -1,4 +1,4 @@
-"""The runner protocol and the local pipeline behind it: order, callbacks, stop, placement."""
+"""The runner protocol: one way to run the stages, chosen once; the local runner's rows."""
 
 from __future__ import annotations
 
@@ -8,80 +8,26 @@ import pytest
 
 from maskcore.errors import UsageError
 from maskcore.faces import FaceOptions
-from maskcore.ledger import etag_field
-from maskcore.manifest import FACE_ROWS
 from maskcore.runners import LocalRunner, RayRunner, RunOptions, make_runner
 from maskcore.storage import LocalSource
 from maskcore.worker import Worker, WorkerConfig
 from tests.conftest import copy_pictures
-from tests.helpers import BAD_INPUTS, encode, gradient
-
-VOLATILE = ("processed_at",)
 
 
-@pytest.fixture
-def folder(tmp_path: Path, face_pictures: list[Path]) -> Path:
-    """Real faces, made pictures and broken files, interleaved by name."""
+def test_the_local_runner_gives_the_pipelines_rows_and_callbacks(tmp_path: Path, face_pictures,
+                                                                 model_path):
     root = tmp_path / "in"
-    copy_pictures(face_pictures[:6], root)
-    for i in range(40):  # more than one decode task's worth
-        (root / f"m{i:02d}.png").write_bytes(encode(gradient(70, 50, seed=i), "PNG"))
-    (root / "m20_broken.jpg").write_bytes(BAD_INPUTS["truncated_body"])
-    (root / "not_a_picture.jpg").write_bytes(b"hello")
-    return root
-
-
-def run(runner: LocalRunner, root: Path, model: Path, faces: str = "auto", **kw):
+    copy_pictures(face_pictures[:5], root)
     source = LocalSource(root)
-    analyzer = runner.open_analyzer(str(model), faces=FaceOptions(mode=faces))
+    runner = make_runner("local", workers=0)
+    analyzer = runner.open_analyzer(str(model_path), faces=FaceOptions(mode="off"))
     rows: list[dict] = []
     batches: list[list[dict]] = []
     report = runner.run(list(source.list()), source, analyzer, rows.append,
-                        RunOptions(on_batch=batches.append, **kw))
-    return rows, batches, report
-
-
-def stable(rows: list[dict]) -> list[dict]:
-    return [{k: (stable(v) if k == FACE_ROWS else v) for k, v in r.items() if k not in VOLATILE}
-            for r in rows]
-
-
-def test_rows_come_in_input_order_whatever_the_placement(folder, model_path):
-    names = [r.source for r in LocalSource(folder).list()]
-    threads, batches, report = run(LocalRunner(workers=0), folder, model_path, batch_size=3)
-    procs, _, _ = run(LocalRunner(workers=2), folder, model_path, batch_size=4)
-    assert [r["source"] for r in threads] == names
-    assert stable(threads) == stable(procs)  # decode threads + central engines == processes
-    assert [r["status"] for r in threads].count("error") == 2
-    # every row reached on_batch once, after emit, in the same order
-    assert [r for b in batches for r in b] == threads
-    assert report.times.pictures == len(names)
-    assert all(FACE_ROWS in r for r in threads if r["status"] == "ok")
-
-
-def test_stop_lets_the_tasks_in_flight_finish_and_starts_none(folder, model_path):
-    names = [r.source for r in LocalSource(folder).list()]
-    calls = []
-
-    def stop() -> bool:
-        calls.append(1)
-        return len(calls) > 1  # the first task goes out, then nothing more
-
-    rows, _, _ = run(LocalRunner(workers=0), folder, model_path, faces="off", batch_size=1,
-                     stop=stop)
-    assert 0 < len(rows) < len(names)
-    assert [r["source"] for r in rows] == names[: len(rows)]  # a prefix: nothing skipped
-
-
-def test_row_extra_adds_fields_to_every_row(folder, model_path):
-    rows, _, _ = run(LocalRunner(workers=2), folder, model_path, faces="off",
-                     row_extra=etag_field)
-    assert all("etag" in r for r in rows)
-
-
-def test_batch_size_below_one_is_refused(folder, model_path):
-    with pytest.raises(ValueError):
-        run(LocalRunner(workers=0), folder, model_path, batch_size=0)
+                        RunOptions(batch_size=2, on_batch=batches.append))
+    assert [r["source"] for r in rows] == [r.source for r in source.list()]
+    assert [r for b in batches for r in b] == rows
+    assert report.times.pictures == 5 and report.cluster == {}
 
 
 def test_make_runner_names_and_facts(model_path):
