@@ -1,6 +1,6 @@
 """The one preprocessing path, from encoded bytes to model input, shared by training and serving.
 
-Training (``jobs/train.py``) and every inference job call :func:`preprocess` / :func:`load`; nothing
+Training (``maskcore.training``) and every inference job call :func:`preprocess` / :func:`load`; nothing
 else in the project decodes a picture for the model. Its constants live in :class:`PreprocessSpec`,
 which the model card records, so inference rebuilds the spec from the card instead of repeating them.
 
