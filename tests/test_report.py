@@ -21,6 +21,9 @@ from tests.conftest import EXAMPLES, copy_pictures
 from tests.helpers import BAD_INPUTS
 
 
+HOSTILE = "<img src=x onerror=console.error(1)>.jpg"
+
+
 def cli(*args: str) -> str:
     r = CliRunner().invoke(main, list(args))
     assert r.exit_code == 0, r.output
@@ -36,6 +39,8 @@ def run(tmp_path_factory, face_pictures, model_path) -> Path:
     copy_pictures(sorted((EXAMPLES / "street").glob("*.jpg")), pictures / "street")
     for name in ("truncated_body", "text"):
         (pictures / f"broken_{name}.jpg").write_bytes(BAD_INPUTS[name])
+    # A name that is markup: escaped, it is text; if not, it would run (a console error).
+    (pictures / HOSTILE).write_bytes((EXAMPLES / "without_mask_1.jpg").read_bytes())
     out = root / "results"
     cli("batch", str(pictures), "--out", str(out), "--model", str(model_path), "--no-progress")
     return out
@@ -77,6 +82,7 @@ def test_the_report_loads_in_a_browser_with_every_flagged_picture(run, tmp_path)
         page.evaluate("document.querySelector('[data-tab=tab-least]').click()")
         assert page.evaluate("document.getElementById('tab-least').hidden") is False
         shot = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"))
+        assert page.evaluate(f"document.body.textContent.includes({json.dumps(HOSTILE)})")
         assert page.drain() == []  # no console error, exception or failed load
     assert shot.std() > 20 and len(np.unique(shot.reshape(-1, 3), axis=0)) > 500  # not blank
 
