@@ -52,9 +52,14 @@ class Browser:
         # The child gets our pipe ends as its fds 3 (commands) and 4 (answers).
         self._proc = subprocess.Popen(
             [executable, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-dev-shm-usage",  # containers often have a tiny /dev/shm
+             "--disable-breakpad", "--disable-crash-reporter",
              "--hide-scrollbars", "--remote-debugging-pipe", f"--user-data-dir={self._profile}",
              "--window-size=1280,1600", "about:blank"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            # Its own home, so nothing (crash reports, caches) is left in the user's.
+            env={**os.environ, "HOME": self._profile, "XDG_CONFIG_HOME": self._profile,
+                 "XDG_CACHE_HOME": self._profile},
             pass_fds=(3, 4), preexec_fn=lambda: _as_fds_3_and_4(to_browser_r, from_browser_w))
         os.close(to_browser_r)
         os.close(from_browser_w)

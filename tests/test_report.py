@@ -20,7 +20,6 @@ from tests.browser import INSTALL_HINT, Browser, find_chromium
 from tests.conftest import EXAMPLES, copy_pictures
 from tests.helpers import BAD_INPUTS
 
-
 HOSTILE = "<img src=x onerror=console.error(1)>.jpg"
 
 
