@@ -22,11 +22,12 @@ wheel and checks the sha256; nothing is downloaded at run time.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -134,8 +135,12 @@ class FaceDetector:
 
     @property
     def model_id(self) -> str:
-        """The first 12 hex digits of the detector's ONNX sha256."""
-        return model_id_of(self.sha256)
+        """The detector's id in every face row and in the worker's ledger: 12 hex digits of the
+        sha256 of its ONNX file's sha256 and its settings. The same network with another canvas
+        or threshold finds other boxes, so for the results it is another detector (a worker
+        then classifies again, as after any model change)."""
+        settings = json.dumps(asdict(self.spec), sort_keys=True)
+        return model_id_of(hashlib.sha256(f"{self.sha256}\n{settings}".encode()).hexdigest())
 
     def prepare(self, image: Image.Image) -> tuple[np.ndarray, float]:
         """One RGB picture -> its canvas (3, H, W) float32 and the scale it was drawn at."""

@@ -4,6 +4,7 @@ orientation included), the fallback to the whole picture, the rows, and the eval
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from maskcore.cli import main
-from maskcore.detector import DetectorSpec, FaceDetector, _anchors, decode_boxes, nms
+from maskcore.detector import (
+    DEFAULT_DETECTOR,
+    DetectorSpec,
+    FaceDetector,
+    _anchors,
+    decode_boxes,
+    nms,
+)
 from maskcore.evaluate import evaluate_run, iou_matrix
 from maskcore.preprocess import crop_face, decode, face_region
 from tests.conftest import EXAMPLES
@@ -218,3 +226,18 @@ def test_evaluate_scores_a_run_against_voc_boxes(tmp_path, face_box):
     assert r.exit_code == 0 and "recall, faces >= 32 px" in r.output
     r = CliRunner().invoke(main, ["evaluate", str(tmp_path / "nowhere"), "--boxes", str(ann)])
     assert r.exit_code == 2 and "no manifest.jsonl" in r.output
+
+
+def test_the_detector_id_covers_its_settings(tmp_path):
+    """Another canvas or threshold gives other boxes: another id, so a worker's ledger redoes
+    the pictures instead of taking the old rows as done."""
+    base = FaceDetector(device="cpu")
+    assert FaceDetector(device="cpu").model_id == base.model_id  # stable
+    assert FaceDetector(device="cpu", canvas=736).model_id != base.model_id
+    card = json.loads(DEFAULT_DETECTOR.read_text())
+    shutil.copy(DEFAULT_DETECTOR.with_name(card["onnx_file"]), tmp_path / card["onnx_file"])
+    (tmp_path / DEFAULT_DETECTOR.name).write_text(json.dumps(card))
+    assert FaceDetector(tmp_path, device="cpu").model_id == base.model_id  # same file, same spec
+    card["spec"]["score_threshold"] = 0.5
+    (tmp_path / DEFAULT_DETECTOR.name).write_text(json.dumps(card))
+    assert FaceDetector(tmp_path, device="cpu").model_id != base.model_id
