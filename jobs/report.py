@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,20 +46,18 @@ def report(results: str, out: str | None, source_root: str | None, max_cards: in
     def _run() -> Any:
         run = open_results(results, source_root)
         say(f"{len(run.rows):,} pictures and {run.face_count:,} faces in {results}; "
-             f"drawing up to {min(max_cards, len(run.rows)):,} thumbnails ...")
+            f"drawing up to {min(max_cards, len(run.rows)):,} thumbnails ...")
         stats, where = publish_report(run, out, max_cards=max_cards,
-                                      progress=lambda n: say(f"  {n:,} thumbnails")
-                                      if n % 100 == 0 else None)
+                                      progress=lambda n: say(f"  {n:,} thumbnails"))
         copies = annotate_flagged(run, annotate, log=say) if annotate is not None else []
         return stats, where, copies
 
     stats, where, copies = run_command(_run)
     if stats.unavailable:
         say(f"{stats.unavailable:,} source picture(s) could not be read for thumbnails "
-             "(moved or deleted since the run? see --source)")
+            "(moved or deleted since the run? see --source)")
     capped = f" (of {stats.pictures:,}; raise --max-cards for more)" if stats.capped else ""
     click.echo(f"{stats.flagged:,} flagged of {stats.pictures:,} pictures; gallery of "
                f"{stats.cards:,}{capped}. Open {where}")
     if annotate is not None:
         click.echo(f"{len(copies):,} annotated picture(s) in {annotate}")
-    sys.stdout.flush()

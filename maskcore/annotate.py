@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-from maskcore.draw import draw_faces, encode_jpeg, load_picture
+from maskcore.draw import draw_faces, encode_jpeg
 from maskcore.errors import MaskcoreError, StorageError
+from maskcore.preprocess import decode
 from maskcore.results import RunResults, group_of
 
 __all__ = ["annotate_flagged", "annotated_name"]
@@ -43,7 +44,7 @@ def annotate_flagged(results: RunResults, out_dir: Path,
         if group_of(row, faces) != "flagged":
             continue
         try:
-            picture = load_picture(results.read_source(row["source"]))
+            picture = decode(results.read_source(row["source"]))
         except MaskcoreError as exc:
             if log is not None:
                 log(f"annotate: skipped {row['source']}: {exc}")

@@ -81,7 +81,10 @@ def classify_picture(picture: str | Path | bytes, analyzer: Analyzer, *,
 
     Returns:
         The rows; a picture that cannot be read or decoded gives an error row (see
-        :attr:`Classified.error`), never an exception.
+        :attr:`Classified.error`).
+
+    Raises:
+        StorageError: ``picture`` is a path to nothing.
     """
     if isinstance(picture, bytes):
         source: Any = _Bytes(picture)

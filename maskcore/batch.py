@@ -17,7 +17,7 @@ from maskcore.faces import FaceOptions
 from maskcore.manifest import FACE_ROWS, ManifestWriter
 from maskcore.pool import capped_workers
 from maskcore.progress import Progress, say
-from maskcore.results import FLAGGED, RunResults
+from maskcore.results import RunResults, group_of
 from maskcore.runners import Runner, RunOptions, make_runner
 from maskcore.settings import DEFAULTS
 from maskcore.storage import LocalSource, S3Store, open_source
@@ -74,21 +74,22 @@ def run_batch(
     say(f"model {engine.model_id} ({engine.path}, {engine.precision}) on {where}")
     if analyzer.detector is not None:
         say(f"faces: detector {analyzer.detector_id} ({analyzer.detector.path.name}, "
-             f"canvas {analyzer.detector.spec.canvas} px)")
+            f"canvas {analyzer.detector.spec.canvas} px)")
     refs = list(source.list())
     skipped = source.hidden_skipped if isinstance(source, LocalSource) else 0
+    input_root = source.path.resolve() if isinstance(source, LocalSource) else None
     own = source.excluded if isinstance(source, LocalSource) else 0
     say(f"{len(refs):,} files under {source.describe()}"
-         + (f" ({skipped} hidden skipped)" if skipped else "")
-         + (f" ({own} in the output folder {out} left out)" if own else ""))
+        + (f" ({skipped} hidden skipped)" if skipped else "")
+        + (f" ({own} in the output folder {out} left out)" if own else ""))
     writer = ManifestWriter(out, engine.classes, formats)
     bar = Progress(len(refs), "pictures", enabled=show_progress)
     flagged: list[dict[str, Any]] = []  # kept for --annotate only: a few rows, not the run
 
     def emit(row: dict[str, Any]) -> None:
-        if annotate is not None and row.get("label") in FLAGGED:
-            flagged.append({**row, FACE_ROWS: list(row[FACE_ROWS])})
-        writer.write(row)
+        writer.write(row)  # copies the row; this one stays as it is
+        if annotate is not None and group_of(row, row[FACE_ROWS]) == "flagged":
+            flagged.append(row)
 
     report = runner.run(refs, source, analyzer, emit,
                         RunOptions(batch_size=batch_size, threshold=threshold, progress=bar))
@@ -112,8 +113,7 @@ def run_batch(
         "threshold": threshold,
         "input": source.describe(),
         # Where the rows' relative sources lie, whatever folder a report is made from.
-        **({"input_path": str(source.path.resolve())} if isinstance(source, LocalSource)
-           else {}),
+        **({"input_path": str(input_root)} if input_root is not None else {}),
         "output": str(out),
         "runner": facts["runner"],
         **({"ray_cluster": report.cluster} if report.cluster else {}),
@@ -124,9 +124,7 @@ def run_batch(
     if annotate is not None:
         run = RunResults(location=str(out), rows=flagged,
                          faces={r["source"]: r.pop(FACE_ROWS) for r in flagged},
-                         summary=summary,
-                         input_root=source.path.resolve() if isinstance(source, LocalSource)
-                         else None)
+                         summary=summary, input_root=input_root)
         copies = annotate_flagged(run, annotate, log=say)
         summary["annotated"] = {"folder": str(annotate), "pictures": len(copies)}
         say(f"{len(copies):,} flagged picture(s) drawn into {annotate}")

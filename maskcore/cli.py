@@ -134,8 +134,10 @@ def serving_options(fn: Any) -> Any:
 
 def ray_options_decorator(fn: Any) -> Any:
     """The runner options that ``batch`` and ``worker`` share."""
+    from maskcore.runners import RUNNERS
+
     options = [
-        click.option("--runner", type=click.Choice(["local", "ray"]), default="local",
+        click.option("--runner", type=click.Choice(RUNNERS), default=RUNNERS[0],
                      show_default=True, envvar="MASKCORE_RUNNER", show_envvar=True,
                      help="local: a process pool on this machine. ray: the same stages on a Ray "
                           "cluster (Ray Data), for more than one machine."),

@@ -28,6 +28,7 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -133,7 +134,7 @@ class FaceDetector:
         self.input_name = self.session.get_inputs()[0].name
         self.gpu_batch = 16  # canvases a call on CUDA (a batch always has this many)
 
-    @property
+    @cached_property
     def model_id(self) -> str:
         """The detector's id in every face row and in the worker's ledger: 12 hex digits of the
         sha256 of its ONNX file's sha256 and its settings. The same network with another canvas

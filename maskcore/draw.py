@@ -1,7 +1,7 @@
 """Pictures with their faces drawn: the class colours, boxes and labels, thumbnails and crops.
 
-The report's thumbnails and ``--annotate``'s full-size copies are drawn here, from the source
-picture decoded by the shared :func:`maskcore.preprocess.decode` (EXIF orientation applied, so
+The report's thumbnails and ``--annotate``'s full-size copies are drawn here, on the source
+picture as the shared :func:`maskcore.preprocess.decode` gives it (EXIF orientation applied, so
 the boxes, which are in the upright picture's pixels, land on the faces).
 """
 
@@ -14,10 +14,9 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from maskcore.preprocess import Picture, decode, face_region
+from maskcore.preprocess import Picture, face_region
 
-__all__ = ["CLASS_COLOURS", "colour_of", "draw_faces", "encode_jpeg", "face_crop", "load_picture",
-           "thumbnail"]
+__all__ = ["CLASS_COLOURS", "LABEL_TEXT", "colour_of", "draw_faces", "encode_jpeg", "face_crop"]
 
 #: One colour per label, everywhere a label is drawn or shown (the report's CSS reads these too).
 CLASS_COLOURS = {
@@ -43,15 +42,6 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
-def load_picture(data: bytes, longest: int | None = None) -> Picture:
-    """Decode a source picture upright; ``longest`` lets a JPEG decode smaller (for thumbnails).
-
-    Raises:
-        ImageDecodeError: the bytes are not a picture (as in the pipeline).
-    """
-    return decode(data, draft=longest)
-
-
 #: A face drawn narrower than this (pixels) gets its box but no text: in a thumbnail of a crowd
 #: the labels would cover the faces; the colour still says the class.
 MIN_LABELLED = 40
@@ -59,8 +49,8 @@ MIN_LABELLED = 40
 
 def draw_faces(picture: Picture, faces: Iterable[dict[str, Any]], *,
                longest: int | None = None) -> Image.Image:
-    """The picture (scaled so its longest side is at most ``longest``) with each face's box in
-    its label's colour, and its label and score above it when the box is wide enough.
+    """The picture (scaled so that its longest side is ``longest``, if given) with each face's
+    box in its label's colour, and its label and score above it when the box is wide enough.
 
     ``faces`` are face rows: boxes in the original picture's pixels after EXIF orientation.
     """
@@ -93,16 +83,10 @@ def draw_faces(picture: Picture, faces: Iterable[dict[str, Any]], *,
     return image
 
 
-def thumbnail(picture: Picture, longest: int) -> Image.Image:
-    """The picture with its longest side at most ``longest`` pixels, nothing drawn."""
-    image = picture.image.copy()
-    image.thumbnail((longest, longest), Image.Resampling.LANCZOS)
-    return image
-
-
 def face_crop(picture: Picture, face: dict[str, Any], side: int, margin: float = 0.2
               ) -> Image.Image:
-    """One face as the classifier saw it (the shared crop rule), ``side`` pixels square."""
+    """One face with ``margin`` of its size around it (the shared crop geometry), ``side``
+    pixels square."""
     f = picture.factor
     box = [face["x0"] / f, face["y0"] / f, face["x1"] / f, face["y1"] / f]
     region = face_region(box, picture.image.width, picture.image.height, margin)

@@ -32,10 +32,10 @@ from maskcore.draw import (
     draw_faces,
     encode_jpeg,
     face_crop,
-    load_picture,
 )
 from maskcore.errors import MaskcoreError
-from maskcore.results import GROUPS, REPORT_NAME, RunResults, group_of
+from maskcore.preprocess import decode
+from maskcore.results import FLAGGED, GROUPS, REPORT_NAME, RunResults, group_of
 from maskcore.storage import S3Store, parse_s3_url
 
 __all__ = ["MAX_CARDS", "ReportStats", "publish_report", "write_report"]
@@ -51,6 +51,8 @@ THUMB_PX = 256
 CROP_PX = 96
 #: Histogram bins over the top score.
 BINS = 20
+#: Thumbnails between two calls of ``progress``.
+PROGRESS_EVERY = 100
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,8 @@ def write_report(results: RunResults, out: Path, *, max_cards: int = MAX_CARDS,
         results: a run read by :func:`maskcore.results.open_results`.
         out: the HTML file to write (its folder is created).
         max_cards: pictures in the gallery at most.
-        progress: called with the number of thumbnails made so far.
+        progress: called with the number of thumbnails made so far, every
+            :data:`PROGRESS_EVERY`.
     """
     t0 = time.monotonic()
     rows = results.rows
@@ -82,24 +85,29 @@ def write_report(results: RunResults, out: Path, *, max_cards: int = MAX_CARDS,
     order = sorted(range(len(rows)), key=lambda i: (GROUPS.index(groups[i]),
                                                     -_severity(rows[i]), rows[i]["source"]))
     shown = order[:max_cards]
-    unavailable = 0
+    faces = [f for fs in results.faces.values() for f in fs]
+    # What the histograms and the least confident tab score: the faces, or the pictures of a
+    # run without the face stage.
+    scored = faces or [r for r in rows if r["status"] == "ok"]
 
-    def card(i: int) -> str:
-        nonlocal unavailable
+    def card(i: int) -> tuple[str, bool]:
         row = rows[i]
         image = _thumbnail(results, row) if row["status"] == "ok" else None
-        unavailable += row["status"] == "ok" and image is None
-        return _card(row, results.faces_of(row["source"]), groups[i], image)
+        return (_card(row, results.faces_of(row["source"]), groups[i], image),
+                row["status"] == "ok" and image is None)
 
     with ThreadPoolExecutor(4) as pool:
         cards = []
-        for n, text in enumerate(pool.map(card, shown), 1):
+        unavailable = 0
+        for n, (text, missing) in enumerate(pool.map(card, shown), 1):
             cards.append(text)
-            if progress is not None and n % 25 == 0:
+            unavailable += missing
+            if progress is not None and n % PROGRESS_EVERY == 0:
                 progress(n)
-        least = list(pool.map(lambda f: _least_card(results, f), _least_confident(results)))
+        least_items = sorted(scored, key=lambda f: (float(f["score"]), f["source"]))
+        least = list(pool.map(lambda f: _least_card(results, f), least_items[:LEAST_CONFIDENT]))
     counts = Counter(groups)
-    page = _page(results, counts, cards, least, capped=len(rows) > len(shown),
+    page = _page(results, counts, faces, scored, cards, least, capped=len(rows) > len(shown),
                  shown=len(shown))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -124,9 +132,9 @@ def publish_report(results: RunResults, out: str | None = None, *, max_cards: in
     target = out or _join(results.location, REPORT_NAME)
     if not target.startswith("s3://"):
         return write_report(results, Path(target), max_cards=max_cards, progress=progress), target
+    if target.endswith("/") or not parse_s3_url(target).prefix:  # a prefix: the default name
+        target = _join(target, REPORT_NAME)
     loc = parse_s3_url(target)
-    if not loc.prefix or loc.prefix.endswith("/"):
-        target, loc = _join(target, REPORT_NAME), parse_s3_url(_join(target, REPORT_NAME))
     with tempfile.TemporaryDirectory(prefix="maskcore-report-") as tmp:
         stats = write_report(results, Path(tmp) / REPORT_NAME, max_cards=max_cards,
                              progress=progress)
@@ -142,31 +150,25 @@ def _join(location: str, name: str) -> str:
 def _severity(row: dict[str, Any]) -> float:
     """Within a group: more flagged faces first, then the surer verdicts."""
     counts = row.get("face_counts") or {}
-    return float(counts.get("without_mask", 0) + counts.get("mask_weared_incorrect", 0)) \
-        + float(row.get("score") or 0.0) / 10
+    return float(sum(counts.get(c, 0) for c in FLAGGED)) + float(row.get("score") or 0.0) / 10
 
 
 def _thumbnail(results: RunResults, row: dict[str, Any]) -> str | None:
     """The picture with its faces drawn, as a data URI; None when it cannot be read now."""
     try:
-        picture = load_picture(results.read_source(row["source"]), THUMB_PX)
+        picture = decode(results.read_source(row["source"]), draft=THUMB_PX)
     except MaskcoreError:
         return None
     image = draw_faces(picture, results.faces_of(row["source"]), longest=THUMB_PX)
     return "data:image/jpeg;base64," + base64.b64encode(encode_jpeg(image, 78)).decode()
 
 
-def _least_confident(results: RunResults) -> list[dict[str, Any]]:
-    """The faces with the lowest top score (the pictures, when the run found no faces)."""
-    faces = [f for fs in results.faces.values() for f in fs]
-    pool = faces or [r for r in results.rows if r["status"] == "ok"]
-    return sorted(pool, key=lambda f: (float(f["score"]), f["source"]))[:LEAST_CONFIDENT]
-
-
 def _least_card(results: RunResults, item: dict[str, Any]) -> str:
+    """A face (or, without the face stage, a picture) of the least confident tab."""
     uri = None
     try:
-        picture = load_picture(results.read_source(item["source"]), None if "x0" in item else THUMB_PX)
+        picture = decode(results.read_source(item["source"]),
+                         draft=None if "x0" in item else THUMB_PX)
         image = face_crop(picture, item, CROP_PX) if "x0" in item else \
             draw_faces(picture, [], longest=CROP_PX)
         uri = "data:image/jpeg;base64," + base64.b64encode(encode_jpeg(image, 80)).decode()
@@ -235,15 +237,14 @@ def _histogram(title: str, scores: list[float], colour: str) -> str:
             "</text></svg></figure>")
 
 
-def _page(results: RunResults, counts: Counter[str], cards: list[str], least: list[str], *,
+def _page(results: RunResults, counts: Counter[str], faces: list[dict[str, Any]],
+          scored: list[dict[str, Any]], cards: list[str], least: list[str], *,
           capped: bool, shown: int) -> str:
     s = results.summary
     rows = results.rows
-    faces = [f for fs in results.faces.values() for f in fs]
     by_face = Counter(f["label"] for f in faces)
     by_picture = Counter(r["label"] for r in rows if r["status"] == "ok")
     no_face = sum(1 for r in rows if r["status"] == "ok" and r.get("faces") == 0)
-    scored = faces or [r for r in rows if r["status"] == "ok"]
     labels = [c for c in CLASS_COLOURS if by_face[c] or by_picture[c]] + sorted(
         (set(by_face) | set(by_picture)) - set(CLASS_COLOURS))
     hists = "".join(_histogram(c, [float(f["score"]) for f in scored if f["label"] == c],

@@ -80,12 +80,12 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     objects = [o if o.etag else replace(o, etag=S3Store(f"s3://{o.bucket}/").etag_of(o.key))
                for o in objects]
     todo = [o for o in objects
-            if not (o.etag and results.is_done(f"s3://{o.bucket}/{o.key}", o.etag))]
+            if not (o.etag and results.is_done(o.url, o.etag))]
     rows = _classify(engine, todo)
     if rows:
         results.write_part(rows)
     failed: set[str] = set()
-    by_source = {f"s3://{o.bucket}/{o.key}": o for o in todo}
+    by_source = {o.url: o for o in todo}
     for row in rows:
         if is_transient(row) and by_source[row["source"]].message_id:
             failed.add(by_source[row["source"]].message_id)  # type: ignore[arg-type]
@@ -106,7 +106,7 @@ def _classify(engine: Analyzer, objects: list[S3Object]) -> list[dict[str, Any]]
         per_bucket[o.bucket].append(o)
     for bucket, objs in sorted(per_bucket.items()):
         source = S3Store(f"s3://{bucket}/")
-        refs = sorted(Ref(source=f"s3://{bucket}/{o.key}", key=o.key, etag=o.etag) for o in objs)
+        refs = sorted(Ref(source=o.url, key=o.key, etag=o.etag) for o in objs)
         _RUNNER.run(refs, source, engine, rows.append,
                     RunOptions(batch_size=max(len(refs), 1), threshold=from_env().threshold,
                                row_extra=etag_field))

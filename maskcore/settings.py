@@ -11,7 +11,7 @@ from typing import Any
 
 from maskcore.errors import UsageError
 
-__all__ = ["DEFAULTS", "ServingSettings", "from_env"]
+__all__ = ["DEFAULTS", "ServingSettings", "from_env", "parse_number"]
 
 
 @dataclass(frozen=True)
@@ -61,16 +61,16 @@ def parse_setting(name: str, raw: str) -> Any:
             raise UsageError(f"{var}={raw!r}: takes {', '.join(_CHOICES[name])}")
         return raw
     if name == "batch_size":
-        return _number(var, raw, int, 1, 4096, "a whole number from 1 to 4096")
+        return parse_number(var, raw, int, 1, 4096, "a whole number from 1 to 4096")
     if name == "threshold":
-        return _number(var, raw, float, 0.0, 1.0, "a number from 0 to 1")
+        return parse_number(var, raw, float, 0.0, 1.0, "a number from 0 to 1")
     if name == "consolidate_every":
-        return _number(var, raw, float, 1.0, 86400.0, "seconds, from 1 to 86400")
+        return parse_number(var, raw, float, 1.0, 86400.0, "seconds, from 1 to 86400")
     return raw
 
 
-def _number(var: str, raw: str, cast: type[int] | type[float], low: float, high: float,
-            what: str) -> Any:
+def parse_number(var: str, raw: str, cast: type[int] | type[float], low: float, high: float,
+                 what: str) -> Any:
     """``raw`` as a finite number in [low, high], or UsageError saying what it takes."""
     try:
         value = cast(raw)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from maskcore.errors import StorageError, UsageError
+from maskcore.settings import parse_number
 
 __all__ = ["LocalSource", "Ref", "S3Location", "S3Store", "Source", "open_source", "parse_s3_url"]
 
@@ -254,15 +255,10 @@ def make_s3_client(**overrides: Any) -> Any:
 
 def _env_number(var: str, default: float, low: float, high: float) -> float:
     raw = os.environ.get(var)
-    if raw is None or raw == "":
+    if not raw:
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise UsageError(f"{var}={raw!r}: takes a number from {low:g} to {high:g} "
-                         f"({default:g} by default)") from None
-    if not (low <= value <= high):  # also refuses nan
-        raise UsageError(f"{var}={raw!r}: takes a number from {low:g} to {high:g}")
+    value: float = parse_number(var, raw, float, low, high,
+                                f"a number from {low:g} to {high:g} ({default:g} by default)")
     return value
 
 

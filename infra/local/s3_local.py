@@ -74,9 +74,10 @@ def demo() -> None:
     import boto3
 
     s3 = boto3.client("s3")
+    from maskcore.storage import walk_files
+
     examples = ROOT / "examples"
-    pictures = sorted(p for p in examples.rglob("*") if p.is_file()
-                      and not any(part.startswith(".") for part in p.relative_to(examples).parts))
+    pictures = [path for path, _ in walk_files(examples)[0]]  # the batch job's walk: no hidden
     for p in pictures:
         key = f"incoming/{p.relative_to(examples).as_posix()}"
         s3.put_object(Bucket=BUCKET, Key=key, Body=p.read_bytes())
