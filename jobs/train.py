@@ -59,6 +59,9 @@ SHORT_HELP = "Train, evaluate and export a model to ONNX with its card."
                    "(e.g. 0.998) and validate, stop and export with it (0: off).")
 @click.option("--mixup", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="MixUp alpha: train on blends of two pictures and of their targets (0: off).")
+@click.option("--low-res", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of training pictures shrunk to 12-48 px and resized back, so "
+                   "close-ups also teach what small street faces look like (0: off).")
 @click.option("--compute", default="auto", show_default=True,
               type=click.Choice(["auto", "fp32", "bf16"]),
               help="Training arithmetic. bf16 is about twice as fast on CPUs with bfloat16 "

@@ -54,6 +54,10 @@ class TrainConfig:
     # MixUp's alpha: training batches become blends of two pictures with blended targets
     # (0: off). 0.2 mixes most pairs only a little.
     mixup: float = 0.0
+    # Share of the training pictures of each batch shown at a low resolution: shrunk to a side
+    # drawn between LOW_RES_SIDES (one draw a batch) and resized back (0: off). Close-ups then
+    # also look like street faces, most of which are under 32 px wide.
+    low_res: float = 0.0
     augment: bool = True
     # Arithmetic of the training steps: "fp32", "bf16" (bfloat16 matmuls and convolutions, float32
     # weights), or "auto" (bf16 where the CPU has bfloat16 instructions; see resolve_compute).
@@ -153,11 +157,17 @@ def count_flops(model: keras.Model) -> int:
     return int(total)
 
 
-def augment_batch(x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+#: The sides (px, lowest and highest) a low-resolution training picture is shrunk to.
+LOW_RES_SIDES = (12, 48)
+
+
+def augment_batch(x: tf.Tensor, seed: tf.Tensor, low_res: float = 0.0) -> tf.Tensor:
     """Training-only augmentation of a batch (N, H, W, 3) in [0, 1], drawn from ``seed`` (2 ints).
 
     Horizontal flip, rotation up to 18 degrees and zoom up to 10% are one affine resampling
-    (bilinear, edges repeated), then brightness up to 10% and contrast up to 15%. Keras' five
+    (bilinear, edges repeated), then brightness up to 10% and contrast up to 15%; with
+    ``low_res`` > 0, that share of the pictures is then shrunk and resized back (see
+    ``TrainConfig.low_res``). Keras' five
     separate layers did the same with three resamplings and took about as much CPU as the
     training step itself on 2 cores; stateless draws make each batch's changes a function of
     (seed, step), so a run repeats.
@@ -189,7 +199,18 @@ def augment_batch(x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     contrast = draw(4, 0.85, 1.15, [n, 1, 1, 1])
     mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
     x = (x - mean) * contrast + mean + brightness
-    return tf.clip_by_value(x, 0.0, 1.0)
+    x = tf.clip_by_value(x, 0.0, 1.0)
+    if low_res > 0:
+        # Its own seeds, derived from the last, so the draws above stay as they were without it.
+        more = tf.random.experimental.stateless_split(seeds[4], 2)
+        side = tf.random.stateless_uniform([], more[0], LOW_RES_SIDES[0], LOW_RES_SIDES[1] + 1,
+                                           dtype=tf.int32)
+        small = tf.image.resize(x, tf.stack([side, side]), method="bilinear", antialias=True)
+        blurred = tf.image.resize(small, tf.shape(x)[1:3], method="bilinear")
+        chosen = tf.random.stateless_uniform([n, 1, 1, 1], more[1]) < low_res
+        # Antialiased resizing overshoots [0, 1] by a rounding error or so.
+        x = tf.where(chosen, tf.clip_by_value(blurred, 0.0, 1.0), x)
+    return x
 
 
 def fit(
@@ -199,9 +220,12 @@ def fit(
     x_val: np.ndarray,
     y_val: np.ndarray,
     cfg: TrainConfig,
-    class_weight: dict[int, float] | None = None,
+    sample_weight: np.ndarray | None = None,
 ) -> dict[str, list[float]]:
     """Train with early stopping on validation loss, keeping the best weights; returns the history.
+
+    ``sample_weight`` (one per training sample) scales each sample's loss: how classes are
+    balanced (:func:`maskcore.training.balancing_weights`).
 
     The arrays are the cached output of the shared preprocessing, so no picture is decoded again;
     augmentation runs on training batches only, inside the tf.data pipeline.
@@ -227,21 +251,25 @@ def fit(
     y_train = keras.utils.to_categorical(y_train, n_classes)
     y_val = keras.utils.to_categorical(y_val, n_classes)
     # One stream over all epochs (reshuffled for each), so the step count seeds augmentation.
-    train = tf.data.Dataset.from_tensor_slices((x_train, y_train))
+    weights = np.ones(len(x_train), np.float32) if sample_weight is None else sample_weight
+    train = tf.data.Dataset.from_tensor_slices((x_train, y_train, weights))
     train = train.shuffle(len(x_train), seed=cfg.seed, reshuffle_each_iteration=True)
     train = train.batch(cfg.batch_size).repeat()
     if cfg.augment:
         base = tf.constant(cfg.seed, tf.int64)
         train = train.enumerate().map(
-            lambda step, xy: (augment_batch(xy[0], tf.stack([base, step])), xy[1]),
+            lambda step, xyw: (augment_batch(xyw[0], tf.stack([base, step]), cfg.low_res),
+                               *xyw[1:]),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     if cfg.mixup > 0:
         mix = keras.layers.MixUp(alpha=cfg.mixup, seed=cfg.seed + 5)
 
-        def mixed(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def mixed(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor
+                  ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            # A blend keeps its first picture's weight.
             out = mix({"images": x, "labels": y}, training=True)
-            return out["images"], out["labels"]
+            return out["images"], out["labels"], w
 
         train = train.map(mixed, num_parallel_calls=tf.data.AUTOTUNE)
     train = train.prefetch(tf.data.AUTOTUNE)
@@ -256,7 +284,7 @@ def fit(
     ]
     hist = model.fit(
         train, validation_data=val, epochs=cfg.epochs, steps_per_epoch=steps, callbacks=callbacks,
-        class_weight=class_weight, verbose=2,
+        verbose=2,
     )
     return {k: [float(v) for v in vs] for k, vs in hist.history.items()}
 

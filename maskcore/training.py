@@ -82,6 +82,38 @@ class _Part:
     record: dict[str, Any]  # what the card says about it
 
 
+def balancing_weights(train_labels: dict[str, list[str]]
+                      ) -> tuple[np.ndarray | None, dict[str, dict[str, float]]]:
+    """Training-sample weights that balance the classes within each dataset.
+
+    ``train_labels`` gives each dataset's training labels, in the order its samples are stacked.
+
+    A dataset whose training classes are imbalanced (smallest over largest below
+    ``IMBALANCE_RATIO``) weighs each class by its inverse frequency in that dataset, capped at
+    ``CLASS_WEIGHT_CAP``; a balanced one weighs every sample 1. Weighing over the union instead
+    lets one dataset's class mix tilt another's: the street faces are four fifths masked, so
+    union weights made an unmasked close-up count twice a masked one, and the model called
+    masked close-ups unmasked.
+
+    Returns:
+        The weights in that order, dataset after dataset (None when all are 1), and
+        each dataset's ``{class: weight}`` (empty when balanced), for the log and the card.
+    """
+    weights: list[np.ndarray] = []
+    per_dataset: dict[str, dict[str, float]] = {}
+    for name, labels in train_labels.items():
+        counts = {c: labels.count(c) for c in sorted(set(labels))}
+        ratio = min(counts.values()) / max(counts.values()) if counts else 1.0
+        chosen = {} if ratio >= IMBALANCE_RATIO else {
+            c: round(min(len(labels) / (len(counts) * n), CLASS_WEIGHT_CAP), 4)
+            for c, n in counts.items()}
+        per_dataset[name] = chosen
+        weights.append(np.array([chosen.get(c, 1.0) for c in labels], np.float32))
+    if not any(per_dataset.values()):
+        return None, per_dataset
+    return np.concatenate(weights), per_dataset
+
+
 def _folder_part(data_dir: Path, spec: PreprocessSpec, *, val: float, test: float, seed: int,
                  workers: int | None) -> tuple[_Part, dict[str, Any]]:
     index = scan(data_dir)
@@ -171,6 +203,7 @@ def run_training(
     label_smoothing: float = 0.0,
     ema: float = 0.0,
     mixup: float = 0.0,
+    low_res: float = 0.0,
     compute: str = "auto",
     crop_margin: float = DEFAULT_MARGIN,
 ) -> dict[str, Any]:
@@ -199,6 +232,10 @@ def run_training(
                                      workers=workers)
         parts.append(part)
         records[part.name] = rec
+    seen = [p.name for p in parts]
+    if len(set(seen)) < len(seen):
+        raise DatasetError(f"two datasets share a folder name ({', '.join(seen)}): the card, the "
+                           "report and the class weights name each dataset by it; rename one")
     names = {c for p in parts for s in p.labels.values() for c in s}
     # One folder dataset keeps its own order (its sorted folder names, as always); several
     # datasets unite their classes in the documented order.
@@ -222,22 +259,17 @@ def run_training(
     _log(f"{len(classes)} classes {classes}; train {len(y_train)}, val {len(y_val)}, "
          f"test {len(y_test)} samples")
 
-    class_weight = None
-    counts = np.bincount(y_train, minlength=len(classes))
-    ratio = counts.min() / counts.max()
-    if ratio < IMBALANCE_RATIO:
-        class_weight = {c: float(min(len(y_train) / (len(counts) * max(n, 1)), CLASS_WEIGHT_CAP))
-                        for c, n in enumerate(counts)}
-        _log(f"balance ratio {ratio:.3f} < {IMBALANCE_RATIO}: class weights {class_weight}")
-    else:
-        _log(f"balance ratio {ratio:.3f} >= {IMBALANCE_RATIO}: no class weights")
+    sample_weight, class_weight = balancing_weights({p.name: p.labels["train"] for p in parts})
+    for name, weights in class_weight.items():
+        _log(f"{name}: class weights {weights}" if weights else f"{name}: classes balanced "
+             f"(ratio >= {IMBALANCE_RATIO}), no class weights")
 
     # TensorFlow from here on only.
     from maskcore import cnn, export, plots
 
     cfg = cnn.TrainConfig(epochs=epochs, batch_size=batch_size, patience=patience,
                           augment=augment, seed=seed, label_smoothing=label_smoothing, ema=ema,
-                          mixup=mixup)
+                          mixup=mixup, low_res=low_res)
     if widths:
         cfg = replace(cfg, widths=tuple(widths))
     gpus = cnn.setup_tensorflow(seed)
@@ -248,7 +280,7 @@ def run_training(
     flops = cnn.count_flops(model)
     _log(f"model: {model.count_params():,} parameters, {flops / 1e9:.3f} GFLOPs per picture")
     t_fit = time.monotonic()
-    history = cnn.fit(model, x_train, y_train, x_val, y_val, cfg, class_weight)
+    history = cnn.fit(model, x_train, y_train, x_val, y_val, cfg, sample_weight)
     fit_seconds = time.monotonic() - t_fit
     best_epoch = int(np.argmin(history["val_loss"])) + 1
     if cfg.compute != "fp32":

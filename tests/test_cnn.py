@@ -42,6 +42,23 @@ def test_augmentation_mirrors_about_half_and_keeps_the_picture():
     assert np.all(np.abs(left - right) > 0.4)
 
 
+def test_low_resolution_blurs_its_share_and_leaves_the_rest():
+    side = 128
+    stripes = np.zeros((200, side, side, 3), np.float32)
+    stripes[:, :, ::2] = 1.0  # one-pixel stripes: the finest detail a picture can hold
+    x = tf.constant(stripes)
+    plain = cnn.augment_batch(x, seed(5, 0)).numpy()
+    assert np.array_equal(plain, cnn.augment_batch(x, seed(5, 0), 0.0).numpy())
+    mixed = cnn.augment_batch(x, seed(5, 0), 0.5).numpy()
+    changed = np.array([not np.array_equal(a, b) for a, b in zip(plain, mixed, strict=True)])
+    assert 0.35 < changed.mean() < 0.65
+    # Detail left: the mean step between horizontal neighbours. At 48 px or fewer the stripes
+    # cannot survive the round trip.
+    detail = np.abs(np.diff(mixed, axis=2)).mean(axis=(1, 2, 3))
+    assert detail[changed].max() < 0.5 * detail[~changed].min()
+    assert mixed.min() >= 0.0 and mixed.max() <= 1.0
+
+
 def test_compute_choice():
     assert cnn.resolve_compute("fp32", []) == "fp32"
     assert cnn.resolve_compute("bf16", []) == "bf16"

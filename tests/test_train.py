@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 from maskcore.card import ModelCard, file_sha256
 from maskcore.cli import main
 from maskcore.preprocess import preprocess
+from maskcore.training import CLASS_WEIGHT_CAP, balancing_weights
 from tests.helpers import SHARED_DATA, encode
 
 FAST = ["--epochs", "2", "--image-size", "64", "--workers", "0", "--batch-size", "16"]
@@ -139,14 +140,15 @@ def test_three_classes_train_without_code_changes(tmp_path):
     assert "roc_auc" in report["test"]
 
 
-def test_weight_averaging_and_mixup_train_and_export(tmp_path):
+def test_weight_averaging_mixup_and_low_resolution_train_and_export(tmp_path):
     data = make_dataset(tmp_path / "data", ["with_mask", "without_mask"], 24, ["disc", "square"])
     out = tmp_path / "model"
-    code, output = train(data, out, "--ema", "0.9", "--mixup", "0.2")
+    code, output = train(data, out, "--ema", "0.9", "--mixup", "0.2", "--low-res", "0.5")
     assert code == 0, output
     card = ModelCard.read(out / "model.json")
     assert card.extra["training"]["config"]["ema"] == 0.9
     assert card.extra["training"]["config"]["mixup"] == 0.2
+    assert card.extra["training"]["config"]["low_res"] == 0.5
     # The exported weights are the averaged ones the parity check compared with Keras.
     assert card.extra["parity"]["passed"]
     code, output = train(data, tmp_path / "bad", "--ema", "1.5")
@@ -185,5 +187,30 @@ def test_imbalanced_dataset_gets_class_weights(tmp_path):
     code, output = train(data, out)
     assert code == 0, output
     assert "class weights" in output
-    weights = ModelCard.read(out / "model.json").extra["training"]["class_weight"]
-    assert weights["1"] > weights["0"]  # the smaller class weighs more
+    weights = ModelCard.read(out / "model.json").extra["training"]["class_weight"]["data"]
+    assert weights["without_mask"] > weights["with_mask"]  # the smaller class weighs more
+
+
+def test_classes_are_balanced_within_each_dataset():
+    """A balanced dataset keeps weight 1 beside an imbalanced one, whose weights come from its
+    own class counts, not from the union's."""
+    close = ["with_mask"] * 10 + ["without_mask"] * 9
+    street = ["with_mask"] * 40 + ["without_mask"] * 8 + ["mask_weared_incorrect"]
+    weights, per_dataset = balancing_weights({"close": close, "street": street})
+    assert per_dataset["close"] == {}
+    assert weights is not None and len(weights) == len(close) + len(street)
+    assert np.all(weights[: len(close)] == 1.0)
+    street_w = per_dataset["street"]
+    assert street_w["with_mask"] == pytest.approx(49 / (3 * 40), abs=1e-4)
+    assert street_w["without_mask"] == pytest.approx(49 / (3 * 8), abs=1e-4)
+    assert street_w["mask_weared_incorrect"] == CLASS_WEIGHT_CAP  # 49 / 3 is over the cap
+    assert list(weights[len(close):]) == [pytest.approx(street_w[c]) for c in street]
+    assert balancing_weights({"close": close})[0] is None
+
+
+def test_two_datasets_with_one_name_are_refused(tmp_path):
+    a = make_dataset(tmp_path / "a" / "data", ["with_mask", "without_mask"], 4, ["disc", "square"])
+    b = make_dataset(tmp_path / "b" / "data", ["with_mask", "without_mask"], 4, ["disc", "square"])
+    r = CliRunner().invoke(main, ["train", str(a), str(b), "--out", str(tmp_path / "m"), *FAST])
+    assert r.exit_code == 2, r.output
+    assert "share a folder name" in r.output
