@@ -222,6 +222,11 @@ def run_training(
     dirs = [data_dirs] if isinstance(data_dirs, Path | str) else list(data_dirs)
     if not dirs:
         raise DatasetError("no dataset given")
+    folder_names = [Path(d).expanduser().resolve().name for d in dirs]
+    if len(set(folder_names)) < len(folder_names):  # before minutes of reading, not after
+        raise DatasetError(f"two datasets share a folder name ({', '.join(folder_names)}): the "
+                           "card, the report and the class weights name each dataset by it; "
+                           "rename one")
     parts: list[_Part] = []
     records: dict[str, Any] = {}
     for d in dirs:
@@ -232,10 +237,6 @@ def run_training(
                                      workers=workers)
         parts.append(part)
         records[part.name] = rec
-    seen = [p.name for p in parts]
-    if len(set(seen)) < len(seen):
-        raise DatasetError(f"two datasets share a folder name ({', '.join(seen)}): the card, the "
-                           "report and the class weights name each dataset by it; rename one")
     names = {c for p in parts for s in p.labels.values() for c in s}
     # One folder dataset keeps its own order (its sorted folder names, as always); several
     # datasets unite their classes in the documented order.
