@@ -63,7 +63,8 @@ def batch(input_spec: str, out: Path, model: str | None, batch_size: int, device
     chosen = tuple(f.strip() for f in formats.split(",") if f.strip())
     unknown = sorted(set(chosen) - set(FORMATS))
     if unknown or not chosen:
-        raise click.BadParameter(f"unknown format(s) {unknown}; choose from jsonl, csv",
+        raise click.BadParameter(f"unknown format(s) {unknown}; choose from "
+                                 f"{', '.join(FORMATS)}",
                                  param_hint="--format")
     setup_logging()
 

@@ -52,14 +52,16 @@ SHORT_HELP = "Train, evaluate and export a model to ONNX with its card."
               help="Flip, rotate, zoom, brightness and contrast on training batches.")
 @click.option("--workers", type=int, default=None,
               help="Processes that decode the dataset [default: all cores].")
-@click.option("--label-smoothing", default=0.0, show_default=True, type=click.FloatRange(0, 0.5),
+@click.option("--label-smoothing", default=TRAINING.label_smoothing, show_default=True,
+              type=click.FloatRange(0, 0.5),
               help="Soften the one-hot targets by this much.")
-@click.option("--ema", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+@click.option("--ema", default=TRAINING.ema, show_default=True,
+              type=click.FloatRange(0, 1, max_open=True),
               help="Keep an exponential moving average of the weights with this momentum "
                    "(e.g. 0.998) and validate, stop and export with it (0: off).")
-@click.option("--mixup", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--mixup", default=TRAINING.mixup, show_default=True, type=click.FloatRange(0, 1),
               help="MixUp alpha: train on blends of two pictures and of their targets (0: off).")
-@click.option("--low-res", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--low-res", default=TRAINING.low_res, show_default=True, type=click.FloatRange(0, 1),
               help="Share of training pictures shrunk to 12-48 px and resized back, so "
                    "close-ups also teach what small street faces look like (0: off).")
 @click.option("--compute", default="auto", show_default=True,

@@ -22,7 +22,7 @@ from maskcore.faces import FaceOptions
 from maskcore.report import publish_report
 from maskcore.results import open_results
 from maskcore.runners import Runner, make_runner
-from maskcore.settings import DEFAULTS
+from maskcore.settings import DEFAULTS, ENV, RANGES
 from maskcore.worker import Worker, WorkerConfig, log_event, parse_shard
 
 __all__ = ["worker", "run_worker"]
@@ -67,8 +67,8 @@ SHORT_HELP = "Watch an S3 prefix and classify what lands (--once: one pass)."
             help="Classify everything again, done or not (after a model change, say).")
 @env_option("--shard", env="MASKCORE_SHARD", default=None,
             help="I/N: take only the keys whose hash falls in shard I of N (run N workers).")
-@env_option("--consolidate-every", env="MASKCORE_CONSOLIDATE_EVERY",
-            default=WorkerConfig.consolidate_every, type=Finite(1, 86400),
+@env_option("--consolidate-every", env=ENV["consolidate_every"],
+            default=WorkerConfig.consolidate_every, type=Finite(*RANGES["consolidate_every"][1:]),
             help="Seconds between refreshes of the consolidated manifest when watching.")
 @env_option("--report", env="MASKCORE_REPORT", is_flag=True,
             help="With --once: write RESULTS/report.html (maskcore report) after the pass.")

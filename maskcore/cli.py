@@ -94,38 +94,35 @@ def serving_options(fn: Any) -> Any:
     """The model and pipeline options that ``batch`` and ``worker`` share, each with its
     environment variable, declared once (the serverless handler reads the same variables through
     :func:`maskcore.settings.from_env`)."""
-    from maskcore.settings import DEFAULTS
+    from maskcore.settings import CHOICES, DEFAULTS, ENV, RANGES
 
     options = [
-        click.option("--model", envvar="MASKCORE_MODEL", show_envvar=True, default=None,
-                     help="model.onnx (its model.json beside it) or their folder "
-                          "[default: the bundled models/model.onnx]."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
-                     default=DEFAULTS.device, show_default=True, envvar="MASKCORE_DEVICE",
-                     show_envvar=True,
-                     help="auto: CUDA when it really loads, else CPU. cuda: fail if CUDA is not "
-                          "in use."),
-        click.option("--precision", type=click.Choice(["auto", "fp32", "int8"]),
-                     default=DEFAULTS.precision, envvar="MASKCORE_PRECISION", show_envvar=True,
-                     show_default=True,
-                     help="auto: the model's int8 variant on CPU (when its card lists one), "
-                          "float32 on CUDA. Each has its own model id in the rows."),
-        click.option("--faces", type=click.Choice(["auto", "off"]), default=DEFAULTS.faces,
-                     envvar="MASKCORE_FACES", show_envvar=True, show_default=True,
-                     help="auto: find every face, classify each, a row per face in faces.jsonl "
-                          "and the picture's verdict (its most serious face); a picture with no "
-                          "face found is classified whole. off: classify every picture whole."),
-        click.option("--batch-size", default=DEFAULTS.batch_size, show_default=True,
-                     envvar="MASKCORE_BATCH_SIZE", show_envvar=True,
-                     type=click.IntRange(1, 4096), help="Pictures per inference call."),
+        env_option("--model", env=ENV["model"], default=None,
+                   help="model.onnx (its model.json beside it) or their folder "
+                        "[default: the bundled models/model.onnx]."),
+        env_option("--device", env=ENV["device"], type=click.Choice(CHOICES["device"]),
+                   default=DEFAULTS.device,
+                   help="auto: CUDA when it really loads, else CPU. cuda: fail if CUDA is not "
+                        "in use."),
+        env_option("--precision", env=ENV["precision"], type=click.Choice(CHOICES["precision"]),
+                   default=DEFAULTS.precision,
+                   help="auto: the model's int8 variant on CPU (when its card lists one), "
+                        "float32 on CUDA. Each has its own model id in the rows."),
+        env_option("--faces", env=ENV["faces"], type=click.Choice(CHOICES["faces"]),
+                   default=DEFAULTS.faces,
+                   help="auto: find every face, classify each, a row per face in faces.jsonl "
+                        "and the picture's verdict (its most serious face); a picture with no "
+                        "face found is classified whole. off: classify every picture whole."),
+        env_option("--batch-size", env=ENV["batch_size"], default=DEFAULTS.batch_size,
+                   type=click.IntRange(*RANGES["batch_size"][1:]),
+                   help="Pictures per inference call."),
         click.option("--workers", type=click.IntRange(0, 256), default=None,
                      envvar="MASKCORE_WORKERS", show_envvar=True,
                      help="Decode processes [default: all cores; 0 decodes in threads]."),
-        click.option("--threshold", default=DEFAULTS.threshold, show_default=True,
-                     envvar="MASKCORE_THRESHOLD", show_envvar=True,
-                     type=Finite(0, 1),
-                     help="A face or picture whose top probability is below this is labelled "
-                          "'uncertain'."),
+        env_option("--threshold", env=ENV["threshold"], default=DEFAULTS.threshold,
+                   type=Finite(*RANGES["threshold"][1:]),
+                   help="A face or picture whose top probability is below this is labelled "
+                        "'uncertain'."),
     ]
     for option in reversed(options):
         fn = option(fn)

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from maskcore.draw import (
     CLASS_COLOURS,
     LABEL_TEXT,
@@ -159,8 +161,12 @@ def _thumbnail(results: RunResults, row: dict[str, Any]) -> str | None:
         picture = decode(results.read_source(row["source"]), draft=THUMB_PX)
     except MaskcoreError:
         return None
-    image = draw_faces(picture, results.faces_of(row["source"]), longest=THUMB_PX)
-    return "data:image/jpeg;base64," + base64.b64encode(encode_jpeg(image, 78)).decode()
+    return _data_uri(draw_faces(picture, results.faces_of(row["source"]), longest=THUMB_PX), 78)
+
+
+def _data_uri(image: Image.Image, quality: int) -> str:
+    """A JPEG of ``image``, inline in the page."""
+    return "data:image/jpeg;base64," + base64.b64encode(encode_jpeg(image, quality)).decode()
 
 
 def _least_card(results: RunResults, item: dict[str, Any]) -> str:
@@ -171,7 +177,7 @@ def _least_card(results: RunResults, item: dict[str, Any]) -> str:
                          draft=None if "x0" in item else THUMB_PX)
         image = face_crop(picture, item, CROP_PX) if "x0" in item else \
             draw_faces(picture, [], longest=CROP_PX)
-        uri = "data:image/jpeg;base64," + base64.b64encode(encode_jpeg(image, 80)).decode()
+        uri = _data_uri(image, 80)
     except MaskcoreError:
         pass
     probs = ", ".join(f"{LABEL_TEXT.get(c, c)} {p:.2f}"

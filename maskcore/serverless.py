@@ -31,7 +31,7 @@ from maskcore.faces import Analyzer, FaceOptions, open_analyzer, results_id
 from maskcore.ledger import ResultsStore, etag_field
 from maskcore.manifest import is_transient
 from maskcore.runners import LocalRunner, RunOptions
-from maskcore.settings import from_env, parse_setting
+from maskcore.settings import ENV, from_env, parse_setting
 from maskcore.storage import Ref, S3Store, parse_s3_url
 from maskcore.worker import Worker, WorkerConfig, log_event
 
@@ -101,6 +101,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
 def _classify(engine: Analyzer, objects: list[S3Object]) -> list[dict[str, Any]]:
     """One batch through the shared pipeline, per source bucket."""
     rows: list[dict[str, Any]] = []
+    threshold = from_env().threshold
     per_bucket: dict[str, list[S3Object]] = defaultdict(list)
     for o in objects:
         per_bucket[o.bucket].append(o)
@@ -108,14 +109,14 @@ def _classify(engine: Analyzer, objects: list[S3Object]) -> list[dict[str, Any]]
         source = S3Store(f"s3://{bucket}/")
         refs = sorted(Ref(source=o.url, key=o.key, etag=o.etag) for o in objs)
         _RUNNER.run(refs, source, engine, rows.append,
-                    RunOptions(batch_size=max(len(refs), 1), threshold=from_env().threshold,
+                    RunOptions(batch_size=max(len(refs), 1), threshold=threshold,
                                row_extra=etag_field))
     return rows
 
 
 def _maybe_consolidate(results: ResultsStore, force: bool = False) -> None:
     global _LAST_CONSOLIDATED
-    raw = os.environ.get("MASKCORE_CONSOLIDATE_EVERY")
+    raw = os.environ.get(ENV["consolidate_every"])
     every = parse_setting("consolidate_every", raw) if raw else WorkerConfig.consolidate_every
     if force or time.monotonic() - _LAST_CONSOLIDATED >= every or not _LAST_CONSOLIDATED:
         results.consolidate()

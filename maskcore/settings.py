@@ -11,7 +11,7 @@ from typing import Any
 
 from maskcore.errors import UsageError
 
-__all__ = ["DEFAULTS", "ServingSettings", "from_env", "parse_number"]
+__all__ = ["CHOICES", "DEFAULTS", "ENV", "RANGES", "ServingSettings", "from_env", "parse_number"]
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,14 @@ ENV = {"model": "MASKCORE_MODEL", "device": "MASKCORE_DEVICE", "precision": "MAS
        "faces": "MASKCORE_FACES", "batch_size": "MASKCORE_BATCH_SIZE",
        "threshold": "MASKCORE_THRESHOLD", "consolidate_every": "MASKCORE_CONSOLIDATE_EVERY"}
 
-_CHOICES = {"device": ("auto", "cpu", "cuda"), "precision": ("auto", "fp32", "int8"),
-            "faces": ("auto", "off")}
+#: What each setting that is a choice accepts (the CLI offers the same).
+CHOICES = {"device": ("auto", "cpu", "cuda"), "precision": ("auto", "fp32", "int8"),
+           "faces": ("auto", "off")}
+
+#: Each numeric setting's type and bounds, inclusive (the CLI checks the same).
+RANGES: dict[str, tuple[type[int] | type[float], int, int]] = {
+    "batch_size": (int, 1, 4096), "threshold": (float, 0, 1),
+    "consolidate_every": (float, 1, 86400)}
 
 
 def from_env(environ: dict[str, str] | None = None) -> ServingSettings:
@@ -56,16 +62,14 @@ def from_env(environ: dict[str, str] | None = None) -> ServingSettings:
 def parse_setting(name: str, raw: str) -> Any:
     """One setting's value from text, or UsageError naming its variable."""
     var = ENV.get(name, name)
-    if name in _CHOICES:
-        if raw not in _CHOICES[name]:
-            raise UsageError(f"{var}={raw!r}: takes {', '.join(_CHOICES[name])}")
+    if name in CHOICES:
+        if raw not in CHOICES[name]:
+            raise UsageError(f"{var}={raw!r}: takes {', '.join(CHOICES[name])}")
         return raw
-    if name == "batch_size":
-        return parse_number(var, raw, int, 1, 4096, "a whole number from 1 to 4096")
-    if name == "threshold":
-        return parse_number(var, raw, float, 0.0, 1.0, "a number from 0 to 1")
-    if name == "consolidate_every":
-        return parse_number(var, raw, float, 1.0, 86400.0, "seconds, from 1 to 86400")
+    if name in RANGES:
+        cast, low, high = RANGES[name]
+        what = f"{'a whole number' if cast is int else 'a number'} from {low} to {high}"
+        return parse_number(var, raw, cast, low, high, what)
     return raw
 
 

@@ -46,6 +46,11 @@ class TrainingDefaults:
     val: float = 0.15
     test: float = 0.15
     patience: int = 70
+    # Regularisers, all off (0) in the bundled recipe; docs/MODEL.md says what each did.
+    label_smoothing: float = 0.0
+    ema: float = 0.0
+    mixup: float = 0.0
+    low_res: float = 0.0
 
 
 TRAINING = TrainingDefaults()
@@ -200,10 +205,10 @@ def run_training(
     augment: bool = True,
     workers: int | None = None,
     widths: tuple[int, ...] | None = None,
-    label_smoothing: float = 0.0,
-    ema: float = 0.0,
-    mixup: float = 0.0,
-    low_res: float = 0.0,
+    label_smoothing: float = TRAINING.label_smoothing,
+    ema: float = TRAINING.ema,
+    mixup: float = TRAINING.mixup,
+    low_res: float = TRAINING.low_res,
     compute: str = "auto",
     crop_margin: float = DEFAULT_MARGIN,
 ) -> dict[str, Any]:
@@ -359,7 +364,7 @@ def run_training(
                 for name, m in per_dataset.items()},
             "parity": parity,
             "training": {
-                "config": {**asdict(replace(cfg)), "widths": list(cfg.widths)},
+                "config": {**asdict(cfg), "widths": list(cfg.widths)},
                 "epochs_run": len(history["loss"]),
                 "best_epoch": best_epoch,
                 "class_weight": class_weight,
