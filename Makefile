@@ -14,6 +14,8 @@ DEMO_STAMP  := $(VENV)/.stamp-demo
 
 DATA   ?= ../shared/datasets/face-mask ../shared/datasets/face-mask-scenes
 OUT    ?= out/model
+BOXES  ?= ../shared/datasets/face-mask-scenes
+DETECTOR_OUT ?= out/detector
 INPUT  ?=
 OUTPUT ?= results/$(shell date -u +%Y%m%dT%H%M%SZ)
 MODEL  ?=
@@ -22,7 +24,7 @@ ARGS   ?=
 SOURCE  ?=
 RESULTS ?=
 
-.PHONY: help install install-inference test lint audit train batch report bench worker s3-up s3-down \
+.PHONY: help install install-inference test lint audit train train-detector batch report bench worker s3-up s3-down \
 	worker-demo clean
 
 help:  ## list the targets
@@ -64,6 +66,9 @@ audit: $(INFER_STAMP)  ## audit a folder-per-class dataset: make audit DATA=dir
 
 train: $(ALL_STAMP)  ## train, evaluate and export: make train [DATA="dir dir"] [OUT=dir]
 	$(BIN)/maskcore train $(DATA) --out "$(OUT)" $(ARGS)
+
+train-detector: $(ALL_STAMP)  ## fine-tune the face detector: make train-detector [BOXES=dir] [DETECTOR_OUT=dir]
+	$(BIN)/maskcore train-detector "$(BOXES)" --out "$(DETECTOR_OUT)" $(ARGS)
 
 batch: $(INFER_STAMP)  ## classify pictures: make batch INPUT=dir/ [OUTPUT=dir] [MODEL=model.onnx]
 	@test -n "$(INPUT)" || { echo "usage: make batch INPUT=dir/ [OUTPUT=dir] [MODEL=path]" >&2; exit 2; }

@@ -33,6 +33,7 @@ def setup_logging() -> None:
 COMMANDS: dict[str, str] = {
     "audit": "jobs.audit:audit",
     "train": "jobs.train:train",
+    "train-detector": "jobs.train_detector:train_detector",
     "quantize": "jobs.quantize:quantize",
     "batch": "jobs.batch:batch",
     "worker": "jobs.worker:worker",

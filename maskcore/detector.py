@@ -41,8 +41,8 @@ from maskcore.errors import ModelError
 if TYPE_CHECKING:
     from maskcore.engine import Device
 
-__all__ = ["DEFAULT_DETECTOR", "DetectorSpec", "Detections", "FaceDetector", "decode_boxes",
-           "letterbox", "nms"]
+__all__ = ["DEFAULT_DETECTOR", "DetectorSpec", "Detections", "FaceDetector", "anchors",
+           "decode_boxes", "encode_boxes", "letterbox", "nms", "to_canvases"]
 
 #: The bundled detector's card (its ONNX file sits beside it).
 DEFAULT_DETECTOR = Path(__file__).resolve().parents[1] / "models" / "face_detector.json"
@@ -228,8 +228,9 @@ def _up32(n: int) -> int:
     return -(-n // 32) * 32
 
 
-def _anchors(spec: DetectorSpec, h: int, w: int) -> np.ndarray:
-    """(A, 4) anchors as (cx, cy, w, h) in canvas pixels, in the network's output order."""
+def anchors(spec: DetectorSpec, h: int, w: int) -> np.ndarray:
+    """(A, 4) anchors as (cx, cy, w, h) in canvas pixels, in the network's output order, for a
+    canvas of h x w pixels."""
     out = []
     for step, sizes in zip(spec.steps, spec.anchor_sizes, strict=True):
         ny, nx = math.ceil(h / step), math.ceil(w / step)
@@ -257,15 +258,15 @@ def decode_boxes(loc: np.ndarray, score: np.ndarray, spec: DetectorSpec, scale: 
         canvas: the canvas (height, width) the network saw.
     """
     key = (spec, *canvas)
-    anchors = _ANCHOR_CACHE.get(key)
-    if anchors is None:
-        anchors = _ANCHOR_CACHE.setdefault(key, _anchors(spec, *canvas))
-    if len(anchors) != len(loc):
-        raise ValueError(f"{len(loc)} box codes for {len(anchors)} anchors: wrong canvas size?")
+    priors = _ANCHOR_CACHE.get(key)
+    if priors is None:
+        priors = _ANCHOR_CACHE.setdefault(key, anchors(spec, *canvas))
+    if len(priors) != len(loc):
+        raise ValueError(f"{len(loc)} box codes for {len(priors)} anchors: wrong canvas size?")
     keep = np.flatnonzero(score >= spec.score_threshold)
     if not len(keep):
         return Detections()
-    a, code = anchors[keep], loc[keep].astype(np.float32)
+    a, code = priors[keep], loc[keep].astype(np.float32)
     v_c, v_s = spec.variance
     cxcy = a[:, :2] + code[:, :2] * v_c * a[:, 2:]
     wh = a[:, 2:] * np.exp(code[:, 2:] * v_s)
@@ -281,6 +282,24 @@ def decode_boxes(loc: np.ndarray, score: np.ndarray, spec: DetectorSpec, scale: 
     boxes, scores = boxes[wide], scores[wide]
     chosen = nms(boxes, scores, spec.nms_iou)[: spec.max_faces]
     return Detections(boxes[chosen], scores[chosen])
+
+
+def encode_boxes(priors: np.ndarray, boxes: np.ndarray, variance: tuple[float, float]
+                 ) -> np.ndarray:
+    """The box codes the network should output: the inverse of the decoding in
+    :func:`decode_boxes` (without ``box_adjust``), for training.
+
+    Args:
+        priors: (A, 4) anchors as (cx, cy, w, h), canvas pixels.
+        boxes: (A, 4) the (x0, y0, x1, y1) box each anchor should predict, canvas pixels.
+        variance: the spec's centre and size variances.
+    """
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    size = np.maximum(boxes[:, 2:] - boxes[:, :2], 1e-3)
+    v_c, v_s = variance
+    codes = np.concatenate([(centre - priors[:, :2]) / (v_c * priors[:, 2:]),
+                            np.log(size / priors[:, 2:]) / v_s], 1)
+    return codes.astype(np.float32)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:

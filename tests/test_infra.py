@@ -75,6 +75,19 @@ def test_dockerfile_entrypoint_is_real(path):
             assert (ROOT / part).exists(), f"{path.name} copies {part}, which is not in the repo"
 
 
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_every_image_carries_the_detector_it_points_to(path):
+    """The package is installed into site-packages, so the bundled detector beside the source is
+    not there: an image must copy the detector and point MASKCORE_DETECTOR at it, or the default
+    mode (--faces auto) fails."""
+    text = path.read_text()
+    card = re.search(r"MASKCORE_DETECTOR=(\S+)", text)
+    assert card, f"{path.name} does not set MASKCORE_DETECTOR"
+    copied = " ".join(re.findall(r"^COPY (.+)$", text, re.M))
+    assert "models/face_detector.json" in copied and "models/face_detector.onnx" in copied
+    assert card.group(1).endswith("/models/face_detector.json")
+
+
 @pytest.mark.parametrize("path", [p for p in K8S if p.name not in KUBERAY], ids=lambda p: p.name)
 def test_manifest_validates_against_kubernetes_schemas(path):
     for doc in docs(path):
