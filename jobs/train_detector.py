@@ -41,7 +41,7 @@ def train_detector(dataset: Path, out: Path, base: Path, epochs: int, learning_r
     pictures, the validation pictures choose its score threshold, and the test
     pictures are left for `maskcore evaluate`. Writes OUT/face_detector.onnx
     (the same graph, new weights) and OUT/face_detector.json, its card; copy
-    both into models/ to make it the bundled detector. About 8 minutes on
+    both into models/ to make it the bundled detector. About 9 minutes on
     2 cores.
     """
     cfg = replace(DEFAULTS, epochs=epochs, learning_rate=learning_rate, seed=seed)

@@ -63,9 +63,10 @@ def main() -> None:
     """maskcore: does the person in each picture wear a face mask?
 
     \b
-    Train a model on a folder-per-class dataset (audit, train, quantize), then
-    classify folders and S3 prefixes in bulk (batch) or keep watching a bucket
-    (worker), and look at what a run found (report, evaluate).
+    Train the classifier on folder-per-class and boxed datasets (audit, train,
+    quantize) and fine-tune the face detector on boxed ones (train-detector),
+    then classify folders and S3 prefixes in bulk (batch) or keep watching a
+    bucket (worker), and look at what a run found (report, evaluate).
     Every command has --help.
     """
 

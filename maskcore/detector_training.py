@@ -58,7 +58,8 @@ FALSE_BOX_BUDGET = 0.35
 
 @dataclass(frozen=True)
 class DetectorTraining:
-    """How the detector is fine-tuned (defaults chosen on the scenes' validation pictures)."""
+    """How the detector is fine-tuned. The larger draws (``zoom_*``) were chosen on the scenes'
+    validation pictures (docs/MODEL.md); the rest is RetinaFace's own recipe where it has one."""
 
     epochs: int = 25
     learning_rate: float = 1e-4
