@@ -24,7 +24,8 @@ from maskcore.preprocess import DEFAULT_SPEC, PreprocessSpec, crop_face, decode
 from maskcore.progress import Progress
 from maskcore.voc import BoxFile, read_voc, split_of_digest
 
-__all__ = ["BoxFaces", "SIZE_BUCKETS", "audit_boxes", "is_box_dataset", "load_box_dataset"]
+__all__ = ["BoxFaces", "SIZE_BUCKETS", "audit_boxes", "box_files", "is_box_dataset",
+           "load_box_dataset"]
 
 #: Face widths the audit counts faces in (px, lower bounds).
 SIZE_BUCKETS = (0, 16, 24, 32, 64)
@@ -92,13 +93,7 @@ def load_box_dataset(root: str | Path, *, spec: PreprocessSpec = DEFAULT_SPEC,
         DatasetError: not a box dataset, or no face in it.
     """
     r = Path(root).expanduser().resolve()
-    if not is_box_dataset(r):
-        raise DatasetError(f"{root}: not a box dataset (needs images/ and annotations/)")
-    jobs = []
-    for xml in sorted((r / "annotations").glob("*.xml")):
-        image = _image_for(r / "images", xml)
-        if image is not None:
-            jobs.append((str(image), str(xml), spec, margin))
+    jobs = [(str(image), str(xml), spec, margin) for image, xml in box_files(r)]
     workers = default_workers() if workers is None else workers
     xs: list[np.ndarray] = []
     labels, splits, sources, widths, unreadable, digests = [], [], [], [], [], []
@@ -126,6 +121,21 @@ def load_box_dataset(root: str | Path, *, spec: PreprocessSpec = DEFAULT_SPEC,
         splits=splits, sources=sources, widths=widths, pictures=len(digests),
         unreadable=unreadable,
         fingerprint=hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest())
+
+
+def box_files(root: str | Path) -> list[tuple[Path, Path]]:
+    """Each (picture, its VOC file) of a box dataset, in the order of the VOC files' names; a
+    VOC file whose picture is missing is left out.
+
+    Raises:
+        DatasetError: ``root`` is not a box dataset.
+    """
+    r = Path(root)
+    if not is_box_dataset(r):
+        raise DatasetError(f"{root}: not a box dataset (needs images/ and annotations/)")
+    pairs = [(_image_for(r / "images", xml), xml)
+             for xml in sorted((r / "annotations").glob("*.xml"))]
+    return [(image, xml) for image, xml in pairs if image is not None]
 
 
 def _image_for(images: Path, xml: Path) -> Path | None:

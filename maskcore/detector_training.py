@@ -30,22 +30,23 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from maskcore.boxdata import box_files
 from maskcore.detector import DEFAULT_DETECTOR, DetectorSpec, FaceDetector, anchors, encode_boxes
 from maskcore.errors import DatasetError
-from maskcore.evaluate import SIZES, iou_matrix, match
+from maskcore.evaluate import SIZES, DetectionTally, iou_matrix
 from maskcore.preprocess import decode
 from maskcore.progress import say
-from maskcore.voc import scan_voc, split_of_digest
+from maskcore.voc import read_voc, split_of_digest
 
 __all__ = ["BASE_DETECTOR", "DetectorTraining", "choose_threshold",
-           "detection_figures", "match_anchors", "run_detector_training", "training_sample"]
+           "match_anchors", "run_detector_training", "threshold_sweep", "training_sample"]
 
 #: The network as it was trained on WIDER FACE (``models/extract_face_detector.py`` reproduces it).
 BASE_DETECTOR = DEFAULT_DETECTOR.parent / "retinaface_widerface.onnx"
@@ -77,7 +78,7 @@ class DetectorTraining:
     negatives_per_positive: int = 7  # hardest negatives kept for the loss (RetinaFace's value)
     box_weight: float = 2.0  # weight of the box loss against the class loss (RetinaFace's value)
     seed: int = 0
-    thresholds: tuple[float, ...] = field(default=THRESHOLDS)
+    thresholds: tuple[float, ...] = THRESHOLDS
 
 
 def match_anchors(priors: np.ndarray, boxes: np.ndarray, cfg: DetectorTraining,
@@ -141,52 +142,46 @@ def training_sample(image: np.ndarray, boxes: np.ndarray, rng: np.random.Generat
 
 @dataclass
 class _Picture:
-    name: str
     image: np.ndarray  # upright RGB uint8, as the batch job decodes it
     boxes: np.ndarray  # (n, 4) in its pixels
-    widths: np.ndarray  # (n,) in original pixels
 
 
-def _read_split(root: Path, split: str) -> list[_Picture]:
-    """The pictures of one by-picture split of a VOC dataset, with their boxes."""
-    images = root / "images"
-    if not images.is_dir() or not (root / "annotations").is_dir():
-        raise DatasetError(f"{root}: not a box dataset (needs images/ and annotations/)")
-    out = []
-    for name, bf in scan_voc(root / "annotations").items():
-        path = images / name
-        if not path.is_file():
-            continue
+def _read_splits(root: Path) -> dict[str, list[_Picture]]:
+    """The training and validation pictures of a VOC dataset (split by picture), with their
+    boxes; each file is read once."""
+    out: dict[str, list[_Picture]] = {"train": [], "val": []}
+    for path, xml in box_files(root):
         data = path.read_bytes()
-        if split_of_digest(hashlib.sha256(data).hexdigest()) != split:
+        split = split_of_digest(hashlib.sha256(data).hexdigest())
+        if split not in out:
             continue
         pic = decode(data)
-        boxes = np.array([b.xyxy for b in bf.boxes], np.float32).reshape(-1, 4)
-        out.append(_Picture(name, np.asarray(pic.image, np.uint8), boxes / pic.factor,
-                            np.array([b.width for b in bf.boxes], np.float32)))
+        boxes = np.array([b.xyxy for b in read_voc(xml).boxes], np.float32).reshape(-1, 4)
+        out[split].append(_Picture(np.asarray(pic.image, np.uint8), boxes / pic.factor))
     return out
 
 
-def detection_figures(detector: FaceDetector, pictures: Sequence[_Picture]) -> dict[str, float]:
-    """Recall by face size and false boxes a picture, at IoU 0.5, as ``maskcore evaluate``
-    counts them."""
-    found = dict.fromkeys(SIZES, 0)
-    total = dict.fromkeys(SIZES, 0)
-    false = 0
-    for pic, det in zip(pictures, detector.detect([Image.fromarray(p.image) for p in pictures]),
-                        strict=True):
-        matched = match(det.xyxy, det.score, pic.boxes)
-        hit = np.zeros(len(pic.boxes), bool)
-        hit[matched[matched >= 0]] = True
-        false += int((matched < 0).sum())
-        for size in SIZES:
-            wide = pic.widths >= size
-            found[size] += int(hit[wide].sum())
-            total[size] += int(wide.sum())
-    out = {("recall" if s == 0 else f"recall_{s}px"): round(found[s] / max(total[s], 1), 4)
-           for s in SIZES}
-    out["false_boxes_per_picture"] = round(false / max(len(pictures), 1), 4)
-    return out
+def threshold_sweep(detector: FaceDetector, pictures: Sequence[_Picture],
+                    thresholds: Sequence[float]) -> dict[float, dict[str, float]]:
+    """Recall by face size and false boxes a picture at each threshold, as ``maskcore
+    evaluate`` counts them.
+
+    The network runs once, with ``detector`` set at the lowest threshold; a higher threshold
+    keeps the boxes scored at or above it. That is what the detector would find at that
+    threshold: NMS goes by score, so a box below a threshold never removes one above it.
+    """
+    found = detector.detect([Image.fromarray(p.image) for p in pictures])
+    sweep = {}
+    for t in thresholds:
+        tally = DetectionTally()
+        for pic, det in zip(pictures, found, strict=True):
+            kept = det[det.score >= t]
+            tally.add(kept.xyxy, kept.score, pic.boxes)
+        figures = {("recall" if s == 0 else f"recall_{s}px"):
+                   round(tally.found[s] / max(tally.boxed[s], 1), 4) for s in SIZES}
+        figures["false_boxes_per_picture"] = round(tally.false_boxes / max(len(pictures), 1), 4)
+        sweep[t] = figures
+    return sweep
 
 
 def choose_threshold(sweep: dict[float, dict[str, float]]) -> float:
@@ -213,7 +208,8 @@ def run_detector_training(dataset: str | Path, out: str | Path, *,
     t0 = time.monotonic()
     root, out_dir = Path(dataset), Path(out)
     spec = DetectorSpec(canvas=cfg.canvas)
-    train, val = _read_split(root, "train"), _read_split(root, "val")
+    splits = _read_splits(root)
+    train, val = splits["train"], splits["val"]
     if not train or not val:
         raise DatasetError(f"{root}: {len(train)} training and {len(val)} validation pictures; "
                            "both are needed")
@@ -242,9 +238,9 @@ def run_detector_training(dataset: str | Path, out: str | Path, *,
     card_path = out_dir / DEFAULT_DETECTOR.name
     card = _card(onnx_path, base, spec, cfg, root, train, val, history)
     card_path.write_text(json.dumps(card, indent=2) + "\n")
-    diff = parity(net, FaceDetector(card_path, device="cpu"), val[0].image)
-    sweep = {t: detection_figures(FaceDetector(card_path, device="cpu", score_threshold=t), val)
-             for t in cfg.thresholds}
+    detector = FaceDetector(card_path, device="cpu", score_threshold=min(cfg.thresholds))
+    diff = parity(net, detector, val[0].image)
+    sweep = threshold_sweep(detector, val, cfg.thresholds)
     chosen = choose_threshold(sweep)
     card["spec"]["score_threshold"] = chosen
     card["training"].update(parity_max_abs_diff=diff, seconds=round(time.monotonic() - t0),

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -31,7 +31,8 @@ import numpy as np
 from maskcore.errors import UsageError
 from maskcore.voc import BoxFile, scan_voc, split_of_digest
 
-__all__ = ["IOU", "SIZES", "UNSAFE", "evaluate_run", "format_report", "iou_matrix", "match"]
+__all__ = ["IOU", "SIZES", "UNSAFE", "DetectionTally", "evaluate_run", "format_report",
+           "iou_matrix", "match"]
 
 IOU = 0.5
 SIZES = (0, 24, 32)  # recall is given for boxed faces at least this wide (px)
@@ -66,6 +67,32 @@ def match(det: np.ndarray, conf: np.ndarray, gt: np.ndarray, iou: float = IOU) -
             taken[g] = True
             out[d] = g
     return out
+
+
+@dataclass
+class DetectionTally:
+    """Boxed faces found by size and false boxes, counted picture by picture at IoU 0.5: what
+    ``maskcore evaluate`` reports and what the detector's training chooses its threshold by."""
+
+    boxed: Counter[int] = field(default_factory=Counter)  # boxed faces at least SIZES wide
+    found: Counter[int] = field(default_factory=Counter)  # of those, matched by a detection
+    detections: int = 0
+    false_boxes: int = 0  # detections that match no boxed face
+    pictures: int = 0
+
+    def add(self, det: np.ndarray, conf: np.ndarray, gt: np.ndarray) -> np.ndarray:
+        """Count one picture; returns :func:`match`'s answer for its detections."""
+        m = match(det, conf, gt)
+        widths = gt[:, 2] - gt[:, 0]
+        hit = np.zeros(len(gt), bool)
+        hit[m[m >= 0]] = True
+        for size in SIZES:
+            self.boxed[size] += int((widths >= size).sum())
+            self.found[size] += int((hit & (widths >= size)).sum())
+        self.detections += len(det)
+        self.false_boxes += int((m < 0).sum())
+        self.pictures += 1
+        return m
 
 
 @dataclass
@@ -123,27 +150,16 @@ def evaluate_run(results: str | Path, boxes: str | Path, *, split: str = "all") 
 def _score(pictures: list[_Picture], split: str) -> dict[str, Any]:
     classes = sorted({b.label for p in pictures for b in p.boxes.boxes}
                      | {f["label"] for p in pictures for f in p.faces} - {"uncertain"})
-    n_gt = Counter[int]()
-    n_found = Counter[int]()
-    n_det = false_boxes = 0
+    tally = DetectionTally()
     pairs: list[tuple[str, str]] = []  # (true, predicted) on matched faces
     ap_dets: dict[str, list[tuple[float, bool]]] = defaultdict(list)
     ap_gts: Counter[str] = Counter()
     verdict_hits = verdict_pos = verdict_tp = 0
     for p in pictures:
         gt = np.array([b.xyxy for b in p.boxes.boxes], np.float32).reshape(-1, 4)
-        widths = gt[:, 2] - gt[:, 0]
         det = np.array([[f["x0"], f["y0"], f["x1"], f["y1"]] for f in p.faces],
                        np.float32).reshape(-1, 4)
-        conf = np.array([f["face_score"] for f in p.faces], np.float32)
-        m = match(det, conf, gt)
-        n_det += len(det)
-        false_boxes += int((m < 0).sum())
-        found = np.zeros(len(gt), bool)
-        found[m[m >= 0]] = True
-        for size in SIZES:
-            n_gt[size] += int((widths >= size).sum())
-            n_found[size] += int((found & (widths >= size)).sum())
+        m = tally.add(det, np.array([f["face_score"] for f in p.faces], np.float32), gt)
         for d, g in enumerate(m):
             if g >= 0:
                 pairs.append((p.boxes.boxes[g].label, p.faces[d]["label"]))
@@ -177,16 +193,16 @@ def _score(pictures: list[_Picture], split: str) -> dict[str, Any]:
     return {
         "split": split,
         "pictures": n_pics,
-        "boxed_faces": n_gt[0],
-        "detections": n_det,
+        "boxed_faces": tally.boxed[0],
+        "detections": tally.detections,
         "iou": IOU,
         "detection": {
-            "recall": _ratio(n_found[0], n_gt[0]),
-            "recall_24px": _ratio(n_found[24], n_gt[24]),
-            "recall_32px": _ratio(n_found[32], n_gt[32]),
-            "faces_24px": n_gt[24], "faces_32px": n_gt[32],
-            "precision": _ratio(n_det - false_boxes, n_det),
-            "false_boxes_per_picture": round(false_boxes / n_pics, 3),
+            "recall": _ratio(tally.found[0], tally.boxed[0]),
+            "recall_24px": _ratio(tally.found[24], tally.boxed[24]),
+            "recall_32px": _ratio(tally.found[32], tally.boxed[32]),
+            "faces_24px": tally.boxed[24], "faces_32px": tally.boxed[32],
+            "precision": _ratio(tally.detections - tally.false_boxes, tally.detections),
+            "false_boxes_per_picture": round(tally.false_boxes / n_pics, 3),
         },
         "labels": {
             "matched_faces": len(pairs),

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 from onnx import numpy_helper
+from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's start-up chatter out of job logs
 
@@ -219,8 +220,6 @@ def parity(net: OnnxConvNet, detector: FaceDetector, image: np.ndarray) -> float
     Raises:
         ModelError: they differ by more than 1e-3.
     """
-    from PIL import Image
-
     canvas, _ = detector.prepare(Image.fromarray(image))
     loc, score = detector.run(canvas[None])
     logits, codes = net(tf.constant(canvas[None].transpose(0, 2, 3, 1)))
