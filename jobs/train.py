@@ -64,6 +64,9 @@ SHORT_HELP = "Train, evaluate and export a model to ONNX with its card."
 @click.option("--low-res", default=TRAINING.low_res, show_default=True, type=click.FloatRange(0, 1),
               help="Share of training pictures shrunk to 12-48 px and resized back, so "
                    "close-ups also teach what small street faces look like (0: off).")
+@click.option("--hue", default=TRAINING.hue, show_default=True, type=click.FloatRange(0, 0.5),
+              help="Turn each training picture's hue by up to this share of the colour circle "
+                   "(e.g. 0.1), so a mask's colour, skin-like or not, does not decide (0: off).")
 @click.option("--compute", default="auto", show_default=True,
               type=click.Choice(["auto", "fp32", "bf16"]),
               help="Training arithmetic. bf16 is about twice as fast on CPUs with bfloat16 "

@@ -58,6 +58,9 @@ class TrainConfig:
     # drawn between LOW_RES_SIDES (one draw a batch) and resized back (0: off). Close-ups then
     # also look like street faces, most of which are under 32 px wide.
     low_res: float = 0.0
+    # Largest turn of each training picture's hue, a share of the colour circle (0: off). Masks
+    # come in every colour, skin-coloured ones included, so colour alone should not decide.
+    hue: float = 0.0
     augment: bool = True
     # Arithmetic of the training steps: "fp32", "bf16" (bfloat16 matmuls and convolutions, float32
     # weights), or "auto" (bf16 where the CPU has bfloat16 instructions; see resolve_compute).
@@ -161,13 +164,15 @@ def count_flops(model: keras.Model) -> int:
 LOW_RES_SIDES = (12, 48)
 
 
-def augment_batch(x: tf.Tensor, seed: tf.Tensor, low_res: float = 0.0) -> tf.Tensor:
+def augment_batch(x: tf.Tensor, seed: tf.Tensor, low_res: float = 0.0,
+                  hue: float = 0.0) -> tf.Tensor:
     """Training-only augmentation of a batch (N, H, W, 3) in [0, 1], drawn from ``seed`` (2 ints).
 
     Horizontal flip, rotation up to 18 degrees and zoom up to 10% are one affine resampling
     (bilinear, edges repeated), then brightness up to 10% and contrast up to 15%; with
     ``low_res`` > 0, that share of the pictures is then shrunk and resized back (see
-    ``TrainConfig.low_res``). Keras' five
+    ``TrainConfig.low_res``); with ``hue`` > 0 each picture's hue is turned by up to that share
+    of the colour circle (``TrainConfig.hue``). Keras' five
     separate layers did the same with three resamplings and took about as much CPU as the
     training step itself on 2 cores; stateless draws make each batch's changes a function of
     (seed, step), so a run repeats.
@@ -210,6 +215,14 @@ def augment_batch(x: tf.Tensor, seed: tf.Tensor, low_res: float = 0.0) -> tf.Ten
         chosen = tf.random.stateless_uniform([n, 1, 1, 1], more[1]) < low_res
         # Antialiased resizing overshoots [0, 1] by a rounding error or so.
         x = tf.where(chosen, tf.clip_by_value(blurred, 0.0, 1.0), x)
+    if hue > 0:
+        # Seeds of its own, as for low_res, so the draws above do not move.
+        turn = tf.random.stateless_uniform([n, 1, 1], tf.random.experimental.stateless_split(
+            seeds[3], 2)[1], -hue, hue)
+        hsv = tf.image.rgb_to_hsv(x)
+        h = tf.math.floormod(hsv[..., 0] + turn, 1.0)
+        x = tf.clip_by_value(tf.image.hsv_to_rgb(tf.stack([h, hsv[..., 1], hsv[..., 2]], -1)),
+                             0.0, 1.0)
     return x
 
 
@@ -258,7 +271,7 @@ def fit(
     if cfg.augment:
         base = tf.constant(cfg.seed, tf.int64)
         train = train.enumerate().map(
-            lambda step, xyw: (augment_batch(xyw[0], tf.stack([base, step]), cfg.low_res),
+            lambda step, xyw: (augment_batch(xyw[0], tf.stack([base, step]), cfg.low_res, cfg.hue),
                                *xyw[1:]),
             num_parallel_calls=tf.data.AUTOTUNE,
         )

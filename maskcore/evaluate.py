@@ -11,7 +11,10 @@ protocols). From the matches:
 * average precision per class (VOC all-point, a detection's confidence being its face score times
   the probability of its label) and their mean;
 * the verdict a picture answers, "someone here is not wearing a mask properly" (a box of
-  ``without_mask`` or ``mask_weared_incorrect``): accuracy and recall over pictures.
+  ``without_mask`` or ``mask_weared_incorrect``): accuracy and recall over pictures; and, from
+  the boxes alone, the recall a perfect reader would reach if it saw every face at least 8, 12,
+  16 or 24 px wide and none smaller (how far the verdict hangs on tiny faces), with the width of
+  the widest such face in each picture the run missed.
 
 Only pictures that have a box file are scored. ``split`` keeps the pictures of one part of the
 by-picture split (:func:`maskcore.voc.split_of_digest` of each row's sha256).
@@ -36,6 +39,8 @@ __all__ = ["IOU", "SIZES", "UNSAFE", "DetectionTally", "evaluate_run", "format_r
 
 IOU = 0.5
 SIZES = (0, 24, 32)  # recall is given for boxed faces at least this wide (px)
+#: Smallest face widths (px) for the verdict recall a perfect reader of faces that size reaches.
+CEILING_SIZES = (8, 12, 16, 24)
 #: Labels that make a picture's verdict "someone here is not wearing a mask properly".
 UNSAFE = ("without_mask", "mask_weared_incorrect")
 
@@ -155,6 +160,8 @@ def _score(pictures: list[_Picture], split: str) -> dict[str, Any]:
     ap_dets: dict[str, list[tuple[float, bool]]] = defaultdict(list)
     ap_gts: Counter[str] = Counter()
     verdict_hits = verdict_pos = verdict_tp = 0
+    widest_unsafe: list[float] = []  # per picture with someone unmasked: its widest such face
+    missed_widths: list[float] = []  # the same, for those the run did not flag
     for p in pictures:
         gt = np.array([b.xyxy for b in p.boxes.boxes], np.float32).reshape(-1, 4)
         det = np.array([[f["x0"], f["y0"], f["x1"], f["y1"]] for f in p.faces],
@@ -180,6 +187,11 @@ def _score(pictures: list[_Picture], split: str) -> dict[str, Any]:
         verdict_hits += truth == said
         verdict_pos += truth
         verdict_tp += truth and said
+        if truth:
+            widest = max(b.width for b in p.boxes.boxes if b.label in UNSAFE)
+            widest_unsafe.append(widest)
+            if not said:
+                missed_widths.append(widest)
     per_class = {}
     for c in classes:
         tp = sum(t == c and q == c for t, q in pairs)
@@ -219,6 +231,9 @@ def _score(pictures: list[_Picture], split: str) -> dict[str, Any]:
             "recall": _ratio(verdict_tp, verdict_pos),
             "recall_ci95": wilson(verdict_tp, verdict_pos),
             "pictures_with_someone_unmasked": verdict_pos,
+            "recall_ceiling": {str(w): _ratio(sum(x >= w for x in widest_unsafe), verdict_pos)
+                               for w in CEILING_SIZES},
+            "missed_widest_face_px": sorted(round(x, 1) for x in missed_widths),
         },
     }
 
@@ -286,5 +301,9 @@ def format_report(report: dict[str, Any]) -> str:
         f"  accuracy                   {pct(v['accuracy'])}   95% CI {v['accuracy_ci95']}",
         f"  recall                     {pct(v['recall'])}   95% CI {v['recall_ci95']}"
         f"   ({v['pictures_with_someone_unmasked']} such pictures)",
+        "  recall if every face this wide were found and read right, none smaller:",
+        "    " + "  ".join(f">= {w} px {pct(r)}" for w, r in v["recall_ceiling"].items()),
+        "  missed pictures, their widest unmasked face (px): "
+        + (", ".join(f"{x:g}" for x in v["missed_widest_face_px"]) or "none"),
     ]
     return "\n".join(lines)

@@ -51,6 +51,7 @@ class TrainingDefaults:
     ema: float = 0.0
     mixup: float = 0.0
     low_res: float = 0.0
+    hue: float = 0.0
 
 
 TRAINING = TrainingDefaults()
@@ -209,6 +210,7 @@ def run_training(
     ema: float = TRAINING.ema,
     mixup: float = TRAINING.mixup,
     low_res: float = TRAINING.low_res,
+    hue: float = TRAINING.hue,
     compute: str = "auto",
     crop_margin: float = DEFAULT_MARGIN,
 ) -> dict[str, Any]:
@@ -275,7 +277,7 @@ def run_training(
 
     cfg = cnn.TrainConfig(epochs=epochs, batch_size=batch_size, patience=patience,
                           augment=augment, seed=seed, label_smoothing=label_smoothing, ema=ema,
-                          mixup=mixup, low_res=low_res)
+                          mixup=mixup, low_res=low_res, hue=hue)
     if widths:
         cfg = replace(cfg, widths=tuple(widths))
     gpus = cnn.setup_tensorflow(seed)

@@ -59,6 +59,21 @@ def test_low_resolution_blurs_its_share_and_leaves_the_rest():
     assert mixed.min() >= 0.0 and mixed.max() <= 1.0
 
 
+def test_hue_turns_colours_within_its_range_and_nothing_else():
+    rng = np.random.default_rng(0)
+    x = tf.constant(np.broadcast_to(rng.uniform(0.2, 0.9, (64, 1, 1, 3)),
+                                    (64, 16, 16, 3)).astype(np.float32))
+    plain = tf.image.rgb_to_hsv(cnn.augment_batch(x, seed(7, 0))).numpy()
+    turned = tf.image.rgb_to_hsv(cnn.augment_batch(x, seed(7, 0), 0.0, 0.1)).numpy()
+    # Saturation and value, and so every other draw (flip, zoom, brightness), are unchanged.
+    assert np.allclose(plain[..., 1:], turned[..., 1:], atol=1e-4)
+    turn = (turned[..., 0] - plain[..., 0] + 0.5) % 1.0 - 0.5  # signed, around the circle
+    per_picture = turn.mean(axis=(1, 2))
+    assert np.abs(per_picture).max() <= 0.1 + 1e-4
+    assert np.abs(per_picture).mean() > 0.03  # turned, not left alone
+    assert (per_picture > 0).any() and (per_picture < 0).any()
+
+
 def test_compute_choice():
     assert cnn.resolve_compute("fp32", []) == "fp32"
     assert cnn.resolve_compute("bf16", []) == "bf16"

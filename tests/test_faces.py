@@ -253,6 +253,33 @@ def test_evaluate_scores_a_run_against_voc_boxes(tmp_path, face_box):
     assert r.exit_code == 2 and "no manifest.jsonl" in r.output
 
 
+def test_evaluate_tells_how_far_the_verdict_hangs_on_small_faces(tmp_path):
+    """The ceiling comes from the boxes alone; the missed list from the run's verdicts."""
+    ann, out = tmp_path / "annotations", tmp_path / "out"
+    ann.mkdir()
+    out.mkdir()
+    pictures = {  # name: (boxes, the run's verdict)
+        "missed.png": ([("without_mask", [10.0, 10.0, 40.0, 40.0])], "with_mask"),
+        "tiny.png": ([("mask_weared_incorrect", [5.0, 5.0, 15.0, 15.0]),
+                      ("with_mask", [50.0, 50.0, 90.0, 90.0])], "mask_weared_incorrect"),
+        "fine.png": ([("with_mask", [50.0, 50.0, 90.0, 90.0])], "with_mask"),
+    }
+    rows = []
+    for name, (boxes, label) in pictures.items():
+        _voc(ann / f"{name[:-4]}.xml", name, (100, 100), boxes)
+        rows.append(json.dumps({"source": name, "status": "ok", "sha256": "0" * 64,
+                                "label": label}))
+    (out / "manifest.jsonl").write_text("\n".join(rows) + "\n")
+    (out / "faces.jsonl").write_text("")
+    v = evaluate_run(out, ann)["verdict"]
+    assert v["recall"] == 0.5 and v["pictures_with_someone_unmasked"] == 2
+    # A 10 px face decides one of the two pictures: a reader blind below 12 px reaches 0.5.
+    assert v["recall_ceiling"] == {"8": 1.0, "12": 0.5, "16": 0.5, "24": 0.5}
+    assert v["missed_widest_face_px"] == [30.0]
+    r = CliRunner().invoke(main, ["evaluate", str(out), "--boxes", str(ann)])
+    assert r.exit_code == 0 and "widest unmasked face (px): 30" in r.output, r.output
+
+
 def test_the_detector_id_covers_its_settings(tmp_path):
     """Another canvas or threshold gives other boxes: another id, so a worker's ledger redoes
     the pictures instead of taking the old rows as done."""

@@ -140,15 +140,18 @@ def test_three_classes_train_without_code_changes(tmp_path):
     assert "roc_auc" in report["test"]
 
 
-def test_weight_averaging_mixup_and_low_resolution_train_and_export(tmp_path):
+def test_regularisers_train_and_export(tmp_path):
+    """Weight averaging, MixUp, low resolution and hue turns, all at once."""
     data = make_dataset(tmp_path / "data", ["with_mask", "without_mask"], 24, ["disc", "square"])
     out = tmp_path / "model"
-    code, output = train(data, out, "--ema", "0.9", "--mixup", "0.2", "--low-res", "0.5")
+    code, output = train(data, out, "--ema", "0.9", "--mixup", "0.2", "--low-res", "0.5",
+                         "--hue", "0.1")
     assert code == 0, output
     card = ModelCard.read(out / "model.json")
     assert card.extra["training"]["config"]["ema"] == 0.9
     assert card.extra["training"]["config"]["mixup"] == 0.2
     assert card.extra["training"]["config"]["low_res"] == 0.5
+    assert card.extra["training"]["config"]["hue"] == 0.1
     # The exported weights are the averaged ones the parity check compared with Keras.
     assert card.extra["parity"]["passed"]
     code, output = train(data, tmp_path / "bad", "--ema", "1.5")
