@@ -50,6 +50,7 @@ class TrainingDefaults:
     label_smoothing: float = 0.0
     ema: float = 0.0
     mixup: float = 0.0
+    # Augmentations beyond the default flip, rotation, zoom and lighting (cnn.augment_batch).
     low_res: float = 0.0
     hue: float = 0.0
 
