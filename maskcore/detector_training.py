@@ -40,7 +40,7 @@ from PIL import Image
 from maskcore.boxdata import box_files
 from maskcore.detector import DEFAULT_DETECTOR, DetectorSpec, FaceDetector, anchors, encode_boxes
 from maskcore.errors import DatasetError
-from maskcore.evaluate import SIZES, DetectionTally, iou_matrix
+from maskcore.evaluate import DetectionTally, iou_matrix
 from maskcore.preprocess import decode
 from maskcore.progress import say
 from maskcore.voc import read_voc, split_of_digest
@@ -177,8 +177,8 @@ def threshold_sweep(detector: FaceDetector, pictures: Sequence[_Picture],
         for pic, det in zip(pictures, found, strict=True):
             kept = det[det.score >= t]
             tally.add(kept.xyxy, kept.score, pic.boxes)
-        figures = {("recall" if s == 0 else f"recall_{s}px"):
-                   round(tally.found[s] / max(tally.boxed[s], 1), 4) for s in SIZES}
+        # No face that wide: nothing found, 0 (the rule compares these numbers).
+        figures: dict[str, float] = {k: r or 0.0 for k, r in tally.recalls().items()}
         figures["false_boxes_per_picture"] = round(tally.false_boxes / max(len(pictures), 1), 4)
         sweep[t] = figures
     return sweep

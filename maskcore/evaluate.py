@@ -99,6 +99,12 @@ class DetectionTally:
         self.pictures += 1
         return m
 
+    def recalls(self) -> dict[str, float | None]:
+        """Recall of the boxed faces at least each of :data:`SIZES` wide, named as the report
+        names them (None where no face is that wide)."""
+        return {("recall" if s == 0 else f"recall_{s}px"): _ratio(self.found[s], self.boxed[s])
+                for s in SIZES}
+
 
 @dataclass
 class _Picture:
@@ -159,7 +165,7 @@ def _score(pictures: list[_Picture], split: str) -> dict[str, Any]:
     pairs: list[tuple[str, str]] = []  # (true, predicted) on matched faces
     ap_dets: dict[str, list[tuple[float, bool]]] = defaultdict(list)
     ap_gts: Counter[str] = Counter()
-    verdict_hits = verdict_pos = verdict_tp = 0
+    verdict_hits = 0
     widest_unsafe: list[float] = []  # per picture with someone unmasked: its widest such face
     missed_widths: list[float] = []  # the same, for those the run did not flag
     for p in pictures:
@@ -185,8 +191,6 @@ def _score(pictures: list[_Picture], split: str) -> dict[str, Any]:
         truth = any(b.label in UNSAFE for b in p.boxes.boxes)
         said = p.row["label"] in UNSAFE
         verdict_hits += truth == said
-        verdict_pos += truth
-        verdict_tp += truth and said
         if truth:
             widest = max(b.width for b in p.boxes.boxes if b.label in UNSAFE)
             widest_unsafe.append(widest)
@@ -202,6 +206,8 @@ def _score(pictures: list[_Picture], split: str) -> dict[str, Any]:
     ap = {c: _average_precision(ap_dets[c], ap_gts[c]) for c in classes if ap_gts[c]}
     two = [(t, q) for t, q in pairs if t in ("with_mask", "without_mask")]
     n_pics = len(pictures)
+    verdict_pos = len(widest_unsafe)
+    verdict_tp = verdict_pos - len(missed_widths)
     return {
         "split": split,
         "pictures": n_pics,
@@ -209,9 +215,7 @@ def _score(pictures: list[_Picture], split: str) -> dict[str, Any]:
         "detections": tally.detections,
         "iou": IOU,
         "detection": {
-            "recall": _ratio(tally.found[0], tally.boxed[0]),
-            "recall_24px": _ratio(tally.found[24], tally.boxed[24]),
-            "recall_32px": _ratio(tally.found[32], tally.boxed[32]),
+            **tally.recalls(),
             "faces_24px": tally.boxed[24], "faces_32px": tally.boxed[32],
             "precision": _ratio(tally.detections - tally.false_boxes, tally.detections),
             "false_boxes_per_picture": round(tally.false_boxes / n_pics, 3),
