@@ -41,6 +41,9 @@ SHORT_HELP = "Train, evaluate and export a model to ONNX with its card."
               help="Most epochs; early stopping on validation loss usually ends sooner.")
 @click.option("--seed", default=TRAINING.seed, show_default=True,
               help="Seed for the split, weights, shuffles.")
+@click.option("--split-seed", type=int, default=None,
+              help="Seed for the folder datasets' split alone [default: --seed], so models "
+                   "trained with different --seed values share their validation pictures.")
 @click.option("--image-size", default=TRAINING.image_size, show_default=True,
               help="Model input side in pixels.")
 @click.option("--batch-size", default=TRAINING.batch_size, show_default=True)

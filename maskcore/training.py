@@ -199,6 +199,7 @@ def run_training(
     *,
     epochs: int = TRAINING.epochs,
     seed: int = TRAINING.seed,
+    split_seed: int | None = None,
     image_size: int = TRAINING.image_size,
     batch_size: int = TRAINING.batch_size,
     val: float = TRAINING.val,
@@ -219,7 +220,9 @@ def run_training(
 
     ``data_dirs`` are folder-per-class datasets (close-ups) and box datasets (``images/`` and
     ``annotations/``, whose boxes are cut with the per-face stage's crop, ``crop_margin``);
-    their classes are united in :data:`CLASS_ORDER`.
+    their classes are united in :data:`CLASS_ORDER`. ``seed`` seeds the weights, the shuffles,
+    the augmentation and the folder datasets' split; ``split_seed``, when given, seeds that split
+    instead, so runs that differ only in their weights' seed are validated on the same pictures.
 
     Raises:
         DatasetError: fewer than 2 classes, or a class with no readable picture.
@@ -241,7 +244,8 @@ def run_training(
         if is_box_dataset(d):
             part, rec = _box_part(Path(d), spec, crop_margin, workers)
         else:
-            part, rec = _folder_part(Path(d), spec, val=val, test=test, seed=seed,
+            part, rec = _folder_part(Path(d), spec, val=val, test=test,
+                                     seed=seed if split_seed is None else split_seed,
                                      workers=workers)
         parts.append(part)
         records[part.name] = rec

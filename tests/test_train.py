@@ -141,19 +141,29 @@ def test_three_classes_train_without_code_changes(tmp_path):
 
 
 def test_regularisers_train_and_export(tmp_path):
-    """Weight averaging, MixUp, low resolution and hue turns, all at once."""
+    """Weight averaging, MixUp, low resolution and hue turns, all at once; and a split seed of
+    its own."""
     data = make_dataset(tmp_path / "data", ["with_mask", "without_mask"], 24, ["disc", "square"])
     out = tmp_path / "model"
     code, output = train(data, out, "--ema", "0.9", "--mixup", "0.2", "--low-res", "0.5",
-                         "--hue", "0.1")
+                         "--hue", "0.1", "--seed", "5", "--split-seed", "0")
     assert code == 0, output
     card = ModelCard.read(out / "model.json")
+    assert card.extra["training"]["config"]["seed"] == 5
     assert card.extra["training"]["config"]["ema"] == 0.9
     assert card.extra["training"]["config"]["mixup"] == 0.2
     assert card.extra["training"]["config"]["low_res"] == 0.5
     assert card.extra["training"]["config"]["hue"] == 0.1
     # The exported weights are the averaged ones the parity check compared with Keras.
     assert card.extra["parity"]["passed"]
+    # --split-seed kept the pictures of seed 0's split, whatever --seed the weights drew from,
+    # and --seed alone still moves the split (so the comparison above could fail).
+    def split_of(folder: Path) -> dict[str, list[str]]:
+        return json.loads((folder / "split.json").read_text())["hashes"]
+    for name, args in (("seed0", ["--seed", "0"]), ("seed5", ["--seed", "5"])):
+        code, output = train(data, tmp_path / name, *args, "--epochs", "1")
+        assert code == 0, output
+    assert split_of(out) == split_of(tmp_path / "seed0") != split_of(tmp_path / "seed5")
     code, output = train(data, tmp_path / "bad", "--ema", "1.5")
     assert code == 2 and "--ema" in output
 
