@@ -12,7 +12,14 @@ INFER_STAMP := $(VENV)/.stamp-inference
 ALL_STAMP   := $(VENV)/.stamp-all
 DEMO_STAMP  := $(VENV)/.stamp-demo
 
+# `make train` with the default DATA builds the bundled model: the face network on both shared
+# datasets, the close-up network on the close-ups alone, paired. With DATA=... it trains that one
+# model, unless CLOSEUPS=dir asks for a close-up network to pair with it.
+ifeq ($(origin DATA),undefined)
+CLOSEUPS ?= ../shared/datasets/face-mask
+endif
 DATA   ?= ../shared/datasets/face-mask ../shared/datasets/face-mask-scenes
+CLOSEUPS ?=
 OUT    ?= out/model
 BOXES  ?= ../shared/datasets/face-mask-scenes
 DETECTOR_OUT ?= out/detector
@@ -64,8 +71,14 @@ lint: $(ALL_STAMP)  ## ruff over the code, mypy (strict) over the library
 audit: $(INFER_STAMP)  ## audit a folder-per-class dataset: make audit DATA=dir
 	$(BIN)/maskcore audit $(firstword $(DATA)) $(ARGS)
 
-train: $(ALL_STAMP)  ## train, evaluate and export: make train [DATA="dir dir"] [OUT=dir]
+train: $(ALL_STAMP)  ## train the face and close-up networks and pair them: make train [DATA="dir dir"] [CLOSEUPS=dir] [OUT=dir]
+ifeq ($(strip $(CLOSEUPS)),)
 	$(BIN)/maskcore train $(DATA) --out "$(OUT)" $(ARGS)
+else
+	$(BIN)/maskcore train $(DATA) --out "$(OUT)/faces" $(ARGS)
+	$(BIN)/maskcore train $(CLOSEUPS) --out "$(OUT)/closeups" --epochs 40 --patience 40 $(ARGS)
+	$(BIN)/maskcore pair "$(OUT)/faces" "$(OUT)/closeups" --out "$(OUT)"
+endif
 
 train-detector: $(ALL_STAMP)  ## fine-tune the face detector: make train-detector [BOXES=dir] [DETECTOR_OUT=dir]
 	$(BIN)/maskcore train-detector "$(BOXES)" --out "$(DETECTOR_OUT)" $(ARGS)

@@ -96,11 +96,13 @@ def bench_detector(paths: list[Path], device: str, threads: int | None) -> tuple
     return time.perf_counter() - t0, len(pictures)
 
 
-def bench_onnx(engine: Engine, x: np.ndarray, batch: int = 64) -> float:
-    engine.predict(x[:batch])  # warm-up
+def bench_onnx(engine: Engine, x: np.ndarray, batch: int = 64, *, whole: bool = True) -> float:
+    """Seconds to classify ``x`` in batches: as whole pictures (what (c) does with close-ups),
+    or as face crops (which a model with a whole-picture branch reads with one network)."""
+    engine.predict(x[:batch], whole=whole)  # warm-up
     t0 = time.perf_counter()
     for i in range(0, len(x), batch):
-        engine.predict(x[i:i + batch])
+        engine.predict(x[i:i + batch], whole=whole)
     return time.perf_counter() - t0
 
 
@@ -180,11 +182,16 @@ def bench(data: Path, model: str, limit: int, workers: int | None, device: str, 
         bench_decode(pool, refs[: CHUNK * workers], engine)  # start the processes first
         results["d"], x = bench_decode(pool, refs, engine)
     results["e"] = bench_onnx(engine, x)
+    if engine.has_whole_branch:
+        results["e_crops"] = bench_onnx(engine, x, whole=False)
     with make_pool(1) as pool:
         bench_decode(pool, refs[:CHUNK], engine)
         results["d1"], _ = bench_decode(pool, refs, engine)
-    results["e1"] = bench_onnx(Engine(model, device=device, threads=1,
-                                      precision=engine.precision), x)  # type: ignore[arg-type]
+    one_thread = Engine(model, device=device, threads=1,
+                        precision=engine.precision)  # type: ignore[arg-type]
+    results["e1"] = bench_onnx(one_thread, x)
+    if engine.has_whole_branch:
+        results["e1_crops"] = bench_onnx(one_thread, x, whole=False)
     if engine.precision == "int8":  # what the variant saves
         results["e1f"] = bench_onnx(Engine(model, device=device, threads=1, precision="fp32"), x)
 
@@ -220,14 +227,17 @@ def _table(rate: dict[str, float], secs: dict[str, float], n: int, stages: dict)
         "h1": "face detector network alone, 1 thread",
         "d": "(d) decode + preprocess alone",
         "e": "(e) ONNX Runtime inference alone",
+        "e_crops": "(e') ONNX Runtime inference alone, read as face crops (the face network)",
         "f": "(f) maskcore batch --runner ray (in-process Ray, same machine)",
         "d1": "decode + preprocess, 1 process",
         "e1": "ONNX Runtime inference, 1 thread",
+        "e1_crops": "ONNX Runtime inference, 1 thread, read as face crops",
         "e1f": "ONNX Runtime inference, 1 thread, float32 (for comparison)",
     }
     lines = ["| stage | seconds | pictures/s |", "| --- | ---: | ---: |"]
     goal_g = rate.get("g")
-    for k in ("a", "b", "c", "cf", "d", "e", "f", "g", "h", "d1", "e1", "e1f", "h1"):
+    for k in ("a", "b", "c", "cf", "d", "e", "e_crops", "f", "g", "h", "d1", "e1", "e1_crops",
+              "e1f", "h1"):
         if k in rate:
             lines.append(f"| {names[k]} | {secs[k]:.2f} | {rate[k]:,.0f} |")
     lines += ["", "| ratio | measured | goal |", "| --- | ---: | ---: |"]
@@ -265,6 +275,12 @@ def _write(path: Path, table: str, n: int, workers: int, engine: Engine) -> None
         "figures here.\n")
     variant = (f"Model {engine.model_id}, the int8 variant of {engine.card.model_id}"
                if engine.precision == "int8" else f"Model {engine.model_id}")
+    face_gflops = engine.card.extra.get("gflops_per_picture", "?")
+    cost = f"{face_gflops} GFLOPs a picture"
+    if engine.card.whole_picture:
+        closeup = engine.card.whole_picture["closeup_network"]
+        cost = (f"the face and close-up networks paired: {face_gflops} GFLOPs a face crop, "
+                f"{face_gflops} + {closeup.get('gflops_per_picture', '?')} a whole picture")
     versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("onnxruntime-gpu", "pillow",
                                                                  "numpy") if _has(p))
     text = f"""# Benchmarks
@@ -274,7 +290,7 @@ Written by `make bench` on {datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M 
 ## CPU
 
 Machine: {_cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}; {versions}.
-{variant} ({engine.card.extra.get("gflops_per_picture", "?")} GFLOPs a picture),
+{variant} ({cost}),
 {n} pictures of the shared face-mask dataset (every k-th file), {workers} decode workers,
 batch 64, provider {engine.provider}. Numbers move by 10-20% between runs on a shared machine.
 
@@ -283,7 +299,9 @@ batch 64, provider {engine.provider}. Numbers move by 10-20% between runs on a s
 (a) runs on the first 1,000 pictures and is scaled to {n}: one `predict` call per picture
 costs the same whatever the picture. On a CPU, (c) runs the model inside each decode process
 (loaded once per process, one ONNX Runtime thread), so only probabilities cross processes;
-(e) is the single engine with all cores, as it runs in front of a GPU.
+(e) is the single engine with all cores, as it runs in front of a GPU. (c), (e) and the
+inference rows read the close-ups as whole pictures, as `--faces off` does; with a paired model
+the rows "read as face crops" give the face network alone, what the face stage pays a face.
 {INT8_NOTE if engine.precision == "int8" else ""}
 {gpu}"""
     path.parent.mkdir(parents=True, exist_ok=True)

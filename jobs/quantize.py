@@ -18,7 +18,7 @@ import numpy as np
 from maskcore.card import CARD_NAME, ModelCard
 from maskcore.cli import run_command
 from maskcore.dataset import inspect, scan
-from maskcore.errors import DatasetError
+from maskcore.errors import DatasetError, ModelError
 from maskcore.progress import say
 from maskcore.split import SPLIT_FILE, read_split_record, split_from_record
 
@@ -39,6 +39,9 @@ def run_quantize(model_dir: Path, data_dir: Path, *, workers: int | None = None)
     from maskcore.quantize import make_int8_variant
 
     card = ModelCard.read(model_dir / CARD_NAME)
+    if card.whole_picture:
+        raise ModelError(f"{model_dir} holds a paired model: quantize each model before "
+                         f"`maskcore pair` joins them")
     record = read_split_record(model_dir)
     if len(record.get("datasets", {})) > 1:
         _log("the model was trained on several datasets: calibrating and checking on the "

@@ -8,6 +8,10 @@ of this back from the card; nothing on the inference side repeats these constant
 A card may also list an int8 variant (``model.int8.onnx``, quantized from ``model.onnx`` by the
 training job and checked against it): same input, output, classes and preprocessing, its own
 sha256 and so its own model id, since its probabilities differ in the second decimal.
+
+A card may also say the file holds a **whole-picture branch** (``whole_picture``, written by
+``maskcore pair``): a boolean input, named there, that runs the picture through a close-up network
+joined to the face network, for inputs that are whole pictures rather than face crops.
 """
 
 from __future__ import annotations
@@ -55,6 +59,13 @@ class ModelCard:
     extra: dict[str, Any] = field(default_factory=dict)  # training facts: metrics, split, versions
     # The int8 variant: {"onnx_file", "onnx_sha256", ...how it was made and checked}, or None.
     int8: dict[str, Any] | None = None
+    # The whole-picture branch: {"input": name of the boolean input, ...how it was joined}, or None.
+    whole_picture: dict[str, Any] | None = None
+
+    @property
+    def whole_input(self) -> str | None:
+        """The boolean input that switches the network to whole pictures (None: no such branch)."""
+        return str(self.whole_picture["input"]) if self.whole_picture else None
 
     @property
     def model_id(self) -> str:
@@ -90,6 +101,7 @@ class ModelCard:
             "preprocess": self.preprocess.to_dict(),
             **({"int8": {"model_id": model_id_of(self.int8.get("onnx_sha256", "")), **self.int8}}
                if self.int8 else {}),
+            **({"whole_picture": dict(self.whole_picture)} if self.whole_picture else {}),
             **self.extra,
         }
 
@@ -118,7 +130,7 @@ class ModelCard:
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot read model card {path}: {exc}") from exc
         known = {"model_id", "onnx_file", "onnx_sha256", "classes", "input", "output", "preprocess",
-                 "int8"}
+                 "int8", "whole_picture"}
         try:
             spec = PreprocessSpec.from_dict(d["preprocess"])
             return cls(
@@ -130,6 +142,7 @@ class ModelCard:
                 output_name=str(d.get("output", {}).get("name", OUTPUT_NAME)),
                 extra={k: v for k, v in d.items() if k not in known},
                 int8=_int8_entry(d.get("int8")),
+                whole_picture=_whole_entry(d.get("whole_picture")),
             )
         except ValueError as exc:
             raise ModelError(f"model card {path}: {exc}") from exc
@@ -144,3 +157,12 @@ def _int8_entry(d: Any) -> dict[str, Any] | None:
     if not isinstance(d, dict) or not d.get("onnx_file"):
         raise ValueError("the int8 entry needs an onnx_file")
     return {k: v for k, v in d.items() if k != "model_id"}
+
+
+def _whole_entry(d: Any) -> dict[str, Any] | None:
+    """The card's whole-picture entry; None when absent."""
+    if not d:
+        return None
+    if not isinstance(d, dict) or not d.get("input"):
+        raise ValueError("the whole_picture entry needs the name of its input")
+    return dict(d)

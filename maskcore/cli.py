@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "train": "jobs.train:train",
     "train-detector": "jobs.train_detector:train_detector",
     "quantize": "jobs.quantize:quantize",
+    "pair": "jobs.pair:pair",
     "batch": "jobs.batch:batch",
     "worker": "jobs.worker:worker",
     "evaluate": "jobs.evaluate:evaluate",

@@ -139,8 +139,19 @@ class Engine:
         """The first 12 hex digits of the loaded ONNX file's sha256."""
         return model_id_of(self.sha256)
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities (N, classes) for a float32 batch (N, H, W, 3) from the shared preprocessing."""
+    @property
+    def has_whole_branch(self) -> bool:
+        """Whether whole pictures run through a network of their own (see ``maskcore pair``)."""
+        return self.card.whole_input is not None
+
+    def predict(self, batch: np.ndarray, *, whole: bool = False) -> np.ndarray:
+        """Probabilities (N, classes) for a float32 batch (N, H, W, 3) from the shared preprocessing.
+
+        Args:
+            batch: the inputs, all of one kind.
+            whole: the inputs are whole pictures, not face crops. A model with a whole-picture
+                branch runs them through it; any other model ignores this.
+        """
         if batch.ndim != 4 or batch.shape[1:] != (*self.spec.size, 3):
             raise ValueError(f"batch of shape {batch.shape} does not fit input {self.spec.size}")
         n = len(batch)
@@ -153,6 +164,8 @@ class Engine:
                 batch = np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]),
                                                         batch.dtype)])
         feed = {self.card.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+        if self.card.whole_input is not None:
+            feed[self.card.whole_input] = np.array(whole)
         proba: np.ndarray = self.session.run([self.card.output_name], feed)[0][:n]
         return proba
 
@@ -213,6 +226,14 @@ class Engine:
                 f"{self.path}: expected input {self.card.input_name!r} and output "
                 f"{self.card.output_name!r}, found {sorted(inputs)} and {sorted(outputs)}"
             )
+        flag = self.card.whole_input
+        if flag is not None and (flag not in inputs or inputs[flag].type != "tensor(bool)"
+                                 or inputs[flag].shape):
+            raise ModelError(f"{self.path}: the card names a whole-picture input {flag!r}, but "
+                             f"the file has no such boolean scalar input")
+        unknown = sorted(set(inputs) - {self.card.input_name, flag})
+        if unknown:
+            raise ModelError(f"{self.path}: inputs {unknown} are not in its card")
         shape = inputs[self.card.input_name].shape
         if len(shape) != 4 or list(shape[1:]) != [*self.spec.size, 3]:
             raise ModelError(f"{self.path}: input shape {shape} does not match the card's "

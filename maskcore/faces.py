@@ -157,16 +157,26 @@ class Analyzer:
                         continue
                     inputs.append(crop_face(pic, box, spec, self.margin))  # type: ignore[arg-type]
                     owners.append((i, k))
-        proba = self.engine.predict(stack_inputs(inputs, spec))
         n_classes = len(self.engine.classes)
         for i in ok:
             r = results[i]
             r.face_proba = np.zeros((len(r.boxes), n_classes), np.float32)
-        for (i, k), p in zip(owners, proba, strict=True):
-            if k < 0:
-                results[i].whole = p
-            else:
-                results[i].face_proba[k] = p
+        # Whole pictures and face crops go in separate calls when the model reads them with
+        # different networks (a whole-picture branch); otherwise in one.
+        is_whole = [k < 0 or k == results[i].closeup_face for i, k in owners]
+        kinds = (True, False) if self.engine.has_whole_branch else (None,)
+        for kind in kinds:
+            picked = [j for j, w in enumerate(is_whole) if kind is None or w == kind]
+            if not picked:
+                continue
+            proba = self.engine.predict(stack_inputs([inputs[j] for j in picked], spec),
+                                        whole=bool(kind))
+            for j, p in zip(picked, proba, strict=True):
+                i, k = owners[j]
+                if k < 0:
+                    results[i].whole = p
+                else:
+                    results[i].face_proba[k] = p
         return results
 
 

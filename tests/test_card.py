@@ -15,10 +15,12 @@ from tests.conftest import ROOT
 def test_round_trip_keeps_every_field(tmp_path):
     card = ModelCard(classes=["a", "b", "c"], preprocess=PreprocessSpec(size=(64, 64)),
                      onnx_sha256="ab" * 32, extra={"face_crop": {"margin": 0.1}},
-                     int8={"onnx_file": "model.int8.onnx", "onnx_sha256": "cd" * 32})
+                     int8={"onnx_file": "model.int8.onnx", "onnx_sha256": "cd" * 32},
+                     whole_picture={"input": "whole", "closeup_network": {"model_id": "ef" * 6}})
     back = ModelCard.read(card.write(tmp_path))
     assert back.classes == card.classes and back.preprocess == card.preprocess
     assert back.extra == card.extra and back.int8 == card.int8
+    assert back.whole_picture == card.whole_picture and back.whole_input == "whole"
     assert back.model_id == "ab" * 6
     assert json.loads((tmp_path / CARD_NAME).read_text())["int8"]["model_id"] == "cd" * 6
 
@@ -43,7 +45,20 @@ def test_the_bundled_cards_match_their_files():
     assert card.int8 and card.int8["onnx_sha256"] == file_sha256(ROOT / "models" /
                                                                card.int8["onnx_file"])
     assert card.classes == ["with_mask", "without_mask", "mask_weared_incorrect"]
+    # the bundled model is the face network paired with the close-up network
+    assert card.whole_picture and card.whole_picture["closeup_network"]["classes"] == \
+        ["with_mask", "without_mask"]
     # the card says which datasets, by name and fingerprint, never where they sat
-    assert "/work" not in json.dumps(card.extra) and "root" not in card.extra["training_data"]
+    assert "/work" not in (ROOT / "models" / CARD_NAME).read_text()
+    assert "root" not in card.extra["training_data"]
+    assert "root" not in card.whole_picture["closeup_network"]["training_data"]
     detector = json.loads((ROOT / "models" / "face_detector.json").read_text())
     assert detector["onnx_sha256"] == file_sha256(ROOT / "models" / detector["onnx_file"])
+
+
+def test_a_whole_picture_entry_without_its_input_is_refused(tmp_path):
+    d = {"classes": ["a", "b"], "preprocess": PreprocessSpec().to_dict(),
+         "whole_picture": {"rule": "no input named"}}
+    (tmp_path / CARD_NAME).write_text(json.dumps(d))
+    with pytest.raises(ModelError, match="whole_picture entry needs"):
+        ModelCard.read(tmp_path / CARD_NAME)

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 #: The only modules that may load TensorFlow, tf2onnx, ONNX or matplotlib: the training side's.
-TRAINING_ONLY = {"maskcore.cnn", "maskcore.export", "maskcore.plots", "maskcore.quantize",
-                 "maskcore.retinaface_tf"}
+TRAINING_ONLY = {"maskcore.cnn", "maskcore.export", "maskcore.pairing", "maskcore.plots",
+                 "maskcore.quantize", "maskcore.retinaface_tf"}
 
 ROOT = Path(__file__).resolve().parents[1]
 INFERENCE_MODULES = sorted(

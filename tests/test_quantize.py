@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 
@@ -14,6 +15,7 @@ from maskcore.card import ModelCard, file_sha256
 from maskcore.cli import main
 from maskcore.engine import Engine
 from maskcore.errors import ModelError, UsageError
+from maskcore.pairing import face_network
 from maskcore.preprocess import preprocess
 from maskcore.quantize import INT8_FILE, make_int8_variant
 from tests.conftest import copy_pictures
@@ -21,12 +23,15 @@ from tests.conftest import copy_pictures
 
 @pytest.fixture
 def fp32_only(tmp_path, model_path) -> Path:
-    """The bundled float32 model and its card, without the int8 variant."""
+    """The bundled model's float32 face network and its card, without the int8 variant (the
+    quantizer takes one network: pairs are made of networks quantized before)."""
     folder = tmp_path / "fp32"
     folder.mkdir()
-    shutil.copyfile(model_path, folder / "model.onnx")
     card = ModelCard.read(model_path)
-    card.int8 = None
+    onnx.save(face_network(onnx.load(model_path), output_name=card.output_name),
+              folder / "model.onnx")
+    card.onnx_sha256 = file_sha256(folder / "model.onnx")
+    card.int8 = card.whole_picture = None
     card.write(folder)
     return folder
 
