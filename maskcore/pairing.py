@@ -39,6 +39,7 @@ __all__ = ["WHOLE_INPUT", "face_network", "join_networks", "pair_models"]
 WHOLE_INPUT = "whole"
 _CLOSEUP = "closeup/"  # prefix of every name taken from the close-up network
 _JOIN = "pair/"  # prefix of the nodes that join the two
+_FACE = "face/"  # prefix of the face network's output inside the pair
 # Files of the face network's folder that describe it and travel with the pair.
 _COMPANIONS = ("model.keras", "report.json", "audit.json", SPLIT_FILE, "history.png",
                "confusion.png", "calibration.png", "errors.png")
@@ -88,10 +89,8 @@ def join_networks(face: onnx.ModelProto, closeup: onnx.ModelProto, *, input_name
     q = rename[output_name]
 
     # The face network's output becomes an inner tensor; the If gives the model's output.
-    p = "face/" + output_name
-    for node in g.node:
-        node.input[:] = [p if x == output_name else x for x in node.input]
-        node.output[:] = [p if x == output_name else x for x in node.output]
+    p = _FACE + output_name
+    _rename_tensor(g, output_name, p)
 
     consts = [numpy_helper.from_array(np.array([n_close], np.int64), _JOIN + "start"),
               numpy_helper.from_array(np.array([n_face], np.int64), _JOIN + "end"),
@@ -141,10 +140,7 @@ def face_network(paired: onnx.ModelProto, *, output_name: str) -> onnx.ModelProt
     if len(ifs) != 1 or WHOLE_INPUT not in {i.name for i in g.input}:
         raise ModelError("not a paired model: no whole-picture branch to take off")
     g.node.remove(ifs[0])
-    inner = "face/" + output_name
-    for node in g.node:
-        node.input[:] = [output_name if x == inner else x for x in node.input]
-        node.output[:] = [output_name if x == inner else x for x in node.output]
+    _rename_tensor(g, _FACE + output_name, output_name)
     (flag,) = [i for i in g.input if i.name == WHOLE_INPUT]
     g.input.remove(flag)
     for prop in [m for m in paired.metadata_props if m.key == "whole_input"]:
@@ -225,6 +221,13 @@ def pair_models(faces_dir: Path, closeups_dir: Path, out: Path, *,
     log(f"wrote {card_path}: model id {face.model_id}"
         + (f", int8 {model_id_of(written['int8'][1])}" if "int8" in written else ""))
     return face
+
+
+def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Rename a tensor wherever the graph's nodes make or use it."""
+    for node in graph.node:
+        node.input[:] = [new if x == old else x for x in node.input]
+        node.output[:] = [new if x == old else x for x in node.output]
 
 
 def _classes_of(value: onnx.ValueInfoProto) -> int:
