@@ -22,7 +22,6 @@ by-picture split (:func:`maskcore.voc.split_of_digest` of each row's sha256).
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from maskcore.errors import UsageError
+from maskcore.manifest import read_jsonl
 from maskcore.voc import BoxFile, scan_voc, split_of_digest
 
 __all__ = ["IOU", "SIZES", "UNSAFE", "DetectionTally", "evaluate_run", "format_report",
@@ -114,12 +114,8 @@ class _Picture:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:  # JSON Lines: records end at "\n" only
-            if line.strip():
-                rows.append(json.loads(line))
-    return rows
+    with path.open("rb") as fh:
+        return list(read_jsonl(fh))
 
 
 def evaluate_run(results: str | Path, boxes: str | Path, *, split: str = "all") -> dict[str, Any]:

@@ -17,6 +17,7 @@ pass tries them again.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -28,6 +29,7 @@ from maskcore.manifest import (
     FACE_FIELDS,
     Tally,
     is_transient,
+    read_jsonl,
     rows_to_csv,
     rows_to_jsonl,
     split_faces,
@@ -147,18 +149,7 @@ class ResultsStore:
 
 
 def _parse_rows(data: bytes) -> list[dict[str, Any]]:
-    """The rows of a part. JSON Lines end records at "\\n" only: ``str.splitlines`` would also
-    split at U+2028, U+0085 and others, which may stand in a key (``json.dumps`` with
-    ``ensure_ascii=False`` leaves them as they are)."""
-    rows = []
-    for line in data.decode("utf-8", errors="replace").split("\n"):
-        line = line.strip(" \t\r")
-        if line:
-            try:
-                row = json.loads(line)
-            except ValueError:  # a part is PUT whole, so this is someone else's file: skip it
-                continue
-            if isinstance(row, dict) and isinstance(row.get("source"), str) \
-                    and row.get("status") in ("ok", "error"):
-                rows.append(row)
-    return rows
+    """The rows of a part. A part is PUT whole, so a line that is not a row is someone else's
+    file: skipped, as are rows without a source and a status."""
+    return [row for row in read_jsonl(io.BytesIO(data), errors="replace", skip_bad=True)
+            if isinstance(row.get("source"), str) and row.get("status") in ("ok", "error")]

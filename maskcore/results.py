@@ -8,14 +8,15 @@ names; a worker row's is the object's ``s3://`` URL).
 
 from __future__ import annotations
 
+import io
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from maskcore.errors import StorageError, UsageError
-from maskcore.manifest import VERDICT_ORDER
+from maskcore.manifest import VERDICT_ORDER, read_jsonl
 from maskcore.storage import LocalSource, Ref, S3Store, parse_s3_url
 
 __all__ = ["FLAGGED", "REPORT_NAME", "RunResults", "group_of", "open_results"]
@@ -93,9 +94,9 @@ def open_results(location: str, source_root: str | None = None) -> RunResults:
     if location.startswith("s3://"):
         store = S3Store(location if location.endswith("/") else location + "/")
 
-        def read(name: str) -> bytes | None:
+        def open_(name: str) -> BinaryIO | None:
             try:
-                return store.get(store.location.join(name))[0]
+                return io.BytesIO(store.get(store.location.join(name))[0])
             except StorageError as exc:
                 if exc.kind == "not_found":
                     return None
@@ -103,30 +104,33 @@ def open_results(location: str, source_root: str | None = None) -> RunResults:
     else:
         folder = Path(location)
 
-        def read(name: str) -> bytes | None:
+        def open_(name: str) -> BinaryIO | None:
             path = folder / name
             try:
-                return path.read_bytes()
+                return path.open("rb")
             except FileNotFoundError:
                 return None
             except OSError as exc:
                 raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
-    manifest = read("manifest.jsonl")
+    manifest = open_("manifest.jsonl")
     if manifest is None:
         raise UsageError(f"{location} holds no manifest.jsonl: give the folder a batch run wrote "
                          "(its --out) or a worker's results prefix")
-    summary_bytes = read("summary.json")
-    summary = json.loads(summary_bytes) if summary_bytes else {}
+    with manifest:
+        rows = list(read_jsonl(manifest))
+    summary: dict[str, Any] = {}
+    summary_file = open_("summary.json")
+    if summary_file is not None:
+        with summary_file:
+            summary = json.loads(summary_file.read() or b"{}")
     faces: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for face in _jsonl(read("faces.jsonl") or b""):
-        faces[face["source"]].append(face)
+    faces_file = open_("faces.jsonl")
+    if faces_file is not None:
+        with faces_file:
+            for face in read_jsonl(faces_file):
+                faces[face["source"]].append(face)
     root = source_root or summary.get("input_path")
-    return RunResults(location=location, rows=_jsonl(manifest), faces=dict(faces),
+    return RunResults(location=location, rows=rows, faces=dict(faces),
                       summary=summary, input_root=Path(root) if root else None)
 
-
-def _jsonl(data: bytes) -> list[dict[str, Any]]:
-    # Records end at "\n" only (a key may hold U+2028 and the like; see maskcore.ledger).
-    return [json.loads(line) for line in data.decode("utf-8", "surrogateescape").split("\n")
-            if line.strip()]

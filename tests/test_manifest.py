@@ -7,9 +7,17 @@ import io
 import json
 
 import numpy as np
+import pytest
 
 from maskcore.faces import PictureResult
-from maskcore.manifest import FACE_ROWS, ManifestWriter, RowBuilder, csv_safe, is_transient
+from maskcore.manifest import (
+    FACE_ROWS,
+    ManifestWriter,
+    RowBuilder,
+    csv_safe,
+    is_transient,
+    read_jsonl,
+)
 from maskcore.storage import Ref
 
 CLASSES = ["with_mask", "without_mask", "mask_weared_incorrect"]
@@ -68,3 +76,36 @@ def test_writer_splits_faces_and_keeps_csv_safe(tmp_path):
     rec = next(csv.DictReader(io.StringIO((out / "manifest.csv").read_text(), newline="")))
     assert rec["source"] == "'=cmd.jpg" and rec["n_with_mask"] == "1" and rec["faces"] == "1"
     assert csv_safe(-1.5) == -1.5 and csv_safe("@x") == "'@x" and csv_safe("x=1") == "x=1"
+
+
+def test_rows_read_back_as_written(tmp_path):
+    """What the writer wrote comes back field for field, names from undecodable bytes included;
+    records end at "\\n" only, and the rows share their keys and labels (the memory of a
+    large run read back for its report)."""
+    rows = builder()([result([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1]]) for _ in range(2)])
+    for r in (rows[0], *rows[0][FACE_ROWS]):  # a file name's byte 0xE9, a U+2028
+        r["source"] = "caf\udce9\u2028line.jpg"
+    out = tmp_path / "out"
+    w = ManifestWriter(out, CLASSES)
+    for r in rows:
+        w.write(r)
+    w.close({"total": 2})
+    with (out / "manifest.jsonl").open("rb") as fh:
+        back = list(read_jsonl(fh))
+    assert back == [{k: v for k, v in r.items() if k != FACE_ROWS} for r in rows]
+    with (out / "faces.jsonl").open("rb") as fh:
+        faces = list(read_jsonl(fh))
+    assert [f["source"] for f in faces] == [rows[0]["source"]] * 2 + [rows[1]["source"]] * 2
+    assert faces[0]["label"] is faces[2]["label"] and back[0]["model_id"] is faces[3]["model_id"]
+    assert [k for k in faces[0]][0] is [k for k in faces[3]][0]
+    assert back[1]["source"] is faces[2]["source"]
+
+
+def test_lines_that_are_not_records():
+    lines = [b'{"source": "a"}\n', b"\n", b"  \r\n", b"not json\n", b"[1, 2]\n",
+             b'{"source": "b", "face_rows": [{"label": "x"}]}']
+    assert [r["source"] for r in read_jsonl(lines, skip_bad=True)] == ["a", "b"]
+    with pytest.raises(ValueError):
+        list(read_jsonl(lines))
+    with pytest.raises(ValueError, match="not an object"):
+        list(read_jsonl([b"[1, 2]"]))
