@@ -15,7 +15,6 @@ from maskcore.annotate import annotate_flagged
 from maskcore.clock import utc_now
 from maskcore.faces import FaceOptions
 from maskcore.manifest import FACE_ROWS, ManifestWriter
-from maskcore.pool import capped_workers
 from maskcore.progress import Progress, say
 from maskcore.results import RunResults, group_of
 from maskcore.runners import Runner, RunOptions, make_runner
@@ -66,7 +65,6 @@ def run_batch(
     if isinstance(source, S3Store):
         source.check()
     runner = runner or make_runner(workers=workers, device=device)
-    workers = capped_workers(workers)
     analyzer = runner.open_analyzer(model, precision=precision, faces=FaceOptions(mode=faces))
     engine = analyzer.engine
     facts = runner.facts(analyzer)
@@ -106,16 +104,13 @@ def run_batch(
         "faces_mode": faces,
         "detector_id": analyzer.detector_id,
         "precision": engine.precision,
-        "device": facts["device"],
-        "provider": facts["provider"],
+        **facts,
         "batch_size": batch_size,
-        "workers": workers,
         "threshold": threshold,
         "input": source.describe(),
         # Where the rows' relative sources lie, whatever folder a report is made from.
         **({"input_path": str(input_root)} if input_root is not None else {}),
         "output": str(out),
-        "runner": facts["runner"],
         **({"ray_cluster": report.cluster} if report.cluster else {}),
         "started_at": started,
         "finished_at": utc_now("seconds"),

@@ -91,8 +91,9 @@ class Runner(Protocol):
         """
         ...
 
-    def facts(self, analyzer: Analyzer) -> dict[str, str]:
-        """``runner``, ``device`` and ``provider`` as the summaries report them."""
+    def facts(self, analyzer: Analyzer) -> dict[str, Any]:
+        """``runner``, ``device``, ``provider`` and the runner's size (``workers``: decode
+        processes here; ``inference_actors`` on Ray), as the summaries report them."""
         ...
 
     def run(self, refs: Iterable[Ref], source: Source, analyzer: Analyzer,
@@ -114,9 +115,9 @@ class LocalRunner:
         return open_analyzer(model, device=self.device, precision=precision,
                              faces=faces or FaceOptions())
 
-    def facts(self, analyzer: Analyzer) -> dict[str, str]:
+    def facts(self, analyzer: Analyzer) -> dict[str, Any]:
         return {"runner": self.name, "device": analyzer.engine.device,
-                "provider": analyzer.engine.provider}
+                "provider": analyzer.engine.provider, "workers": capped_workers(self.workers)}
 
     def run(self, refs: Iterable[Ref], source: Source, analyzer: Analyzer,
             emit: Callable[[Row], None], options: RunOptions = RunOptions()) -> RunReport:
@@ -147,8 +148,11 @@ class RayRunner:
             precision = "fp32"
         return open_analyzer(model, device="cpu", precision=precision, faces=faces or FaceOptions())
 
-    def facts(self, analyzer: Analyzer) -> dict[str, str]:
-        return {"runner": self.name, "device": self.device, "provider": "per Ray actor"}
+    def facts(self, analyzer: Analyzer) -> dict[str, Any]:
+        from maskcore.ray_runner import RayOptions
+
+        return {"runner": self.name, "device": self.device, "provider": "per Ray actor",
+                "inference_actors": (self.options or RayOptions()).inference_actors}
 
     def run(self, refs: Iterable[Ref], source: Source, analyzer: Analyzer,
             emit: Callable[[Row], None], options: RunOptions = RunOptions()) -> RunReport:

@@ -65,6 +65,10 @@ def test_ray_rows_equal_local_rows_on_s3(bucket, ray_env, tmp_path, model_path):
     assert {key_of(r): r["status"] for r in ray_rows} == expected
     summary = json.loads((outs["ray"] / "summary.json").read_text())
     assert summary["runner"] == "ray" and summary["ray_cluster"]["CPU"] >= 2
+    # each runner says how it was sized, and not the other's size
+    assert summary["inference_actors"] == 1 and "workers" not in summary
+    local_summary = json.loads((outs["local"] / "summary.json").read_text())
+    assert local_summary["workers"] == 1 and "inference_actors" not in local_summary
     assert (outs["ray"] / "manifest.csv").read_text().count("\n") == 201
 
 

@@ -37,10 +37,11 @@ def test_make_runner_names_and_facts(model_path):
     assert isinstance(local, LocalRunner) and local.workers == 0
     analyzer = local.open_analyzer(str(model_path), faces=FaceOptions(mode="off"))
     assert local.facts(analyzer) == {"runner": "local", "device": "cpu",
-                                     "provider": "CPUExecutionProvider"}
+                                     "provider": "CPUExecutionProvider", "workers": 0}
     ray = make_runner("ray", device="cuda")
     assert isinstance(ray, RayRunner)
-    assert ray.facts(analyzer) == {"runner": "ray", "device": "cuda", "provider": "per Ray actor"}
+    assert ray.facts(analyzer) == {"runner": "ray", "device": "cuda", "provider": "per Ray actor",
+                                   "inference_actors": 1}
 
 
 def test_a_watching_worker_refuses_a_cluster_runner():
