@@ -26,6 +26,7 @@ import onnxruntime as ort
 from maskcore.card import ModelCard, file_sha256, model_id_of
 from maskcore.errors import ModelError, UsageError
 from maskcore.preprocess import PREPROCESS_VERSION, PreprocessSpec
+from maskcore.settings import ENV
 
 __all__ = ["DEFAULT_MODEL", "Device", "Engine", "Precision", "open_session", "resolve_model_path"]
 
@@ -51,7 +52,7 @@ def resolve_model_path(model: str | os.PathLike[str] | None) -> Path:
 
     A folder is taken to hold ``model.onnx``. Raises ModelError when the file is not there.
     """
-    chosen = model or os.environ.get("MASKCORE_MODEL") or DEFAULT_MODEL
+    chosen = model or os.environ.get(ENV["model"]) or DEFAULT_MODEL
     path = Path(chosen).expanduser()
     if path.is_dir():
         path = path / "model.onnx"

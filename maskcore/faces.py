@@ -26,6 +26,7 @@ from maskcore.detector import DetectorSpec, FaceDetector
 from maskcore.engine import Device, Engine
 from maskcore.errors import UsageError
 from maskcore.preprocess import crop_face, to_input
+from maskcore.settings import ENV
 
 __all__ = ["Analyzer", "FaceOptions", "PictureResult", "load_analyzer", "open_analyzer",
            "results_id"]
@@ -91,7 +92,7 @@ class Analyzer:
                  device: Device = "auto", threads: int | None = None) -> None:
         self.engine = engine
         self.faces = faces
-        card = faces.detector or os.environ.get("MASKCORE_DETECTOR") or None
+        card = faces.detector or os.environ.get(ENV["detector"]) or None
         self.detector = FaceDetector(card, device=device, threads=threads,
                                      **faces.overrides) if faces.enabled else None
         crop = engine.card.extra.get("face_crop", {})

@@ -58,9 +58,9 @@ def _engine() -> Analyzer:
 
 def _results(analyzer: Analyzer) -> ResultsStore:
     global _RESULTS
-    url = os.environ.get("MASKCORE_RESULTS")
+    url = os.environ.get(ENV["results"])
     if not url:
-        raise UsageError("MASKCORE_RESULTS is not set (the s3:// prefix for results)")
+        raise UsageError(f"{ENV['results']} is not set (the s3:// prefix for results)")
     if _RESULTS is None or _RESULTS.store.location != parse_s3_url(url):
         _RESULTS = ResultsStore(S3Store(url), results_id(analyzer), analyzer.engine.classes)
     return _RESULTS

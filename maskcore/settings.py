@@ -28,10 +28,13 @@ class ServingSettings:
 
 DEFAULTS = ServingSettings()
 
-#: Environment variable of each setting (the CLI declares the same names).
+#: Environment variable of each setting (the CLI declares the same names), and of the two
+#: places only the environment names: another face detector's card (``detector``) and the
+#: serverless handler's results prefix (``results``).
 ENV = {"model": "MASKCORE_MODEL", "device": "MASKCORE_DEVICE", "precision": "MASKCORE_PRECISION",
        "faces": "MASKCORE_FACES", "batch_size": "MASKCORE_BATCH_SIZE",
-       "threshold": "MASKCORE_THRESHOLD", "consolidate_every": "MASKCORE_CONSOLIDATE_EVERY"}
+       "threshold": "MASKCORE_THRESHOLD", "consolidate_every": "MASKCORE_CONSOLIDATE_EVERY",
+       "detector": "MASKCORE_DETECTOR", "results": "MASKCORE_RESULTS"}
 
 #: What each setting that is a choice accepts (the CLI offers the same).
 CHOICES = {"device": ("auto", "cpu", "cuda"), "precision": ("auto", "fp32", "int8"),

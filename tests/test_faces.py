@@ -23,6 +23,7 @@ from maskcore.detector import (
     nms,
 )
 from maskcore.evaluate import evaluate_run, iou_matrix
+from maskcore.faces import open_analyzer
 from maskcore.preprocess import crop_face, decode, face_region
 from tests.conftest import EXAMPLES
 from tests.helpers import encode, gradient
@@ -293,3 +294,16 @@ def test_the_detector_id_covers_its_settings(tmp_path):
     card["spec"]["score_threshold"] = 0.5
     (tmp_path / DEFAULT_DETECTOR.name).write_text(json.dumps(card))
     assert FaceDetector(tmp_path, device="cpu").model_id != base.model_id
+
+
+def test_the_environment_names_another_detector(tmp_path, monkeypatch, model_path):
+    """$MASKCORE_DETECTOR (what the container images set) picks the detector's card."""
+    card = json.loads(DEFAULT_DETECTOR.read_text())
+    shutil.copy(DEFAULT_DETECTOR.with_name(card["onnx_file"]), tmp_path / card["onnx_file"])
+    card["spec"]["score_threshold"] = 0.5
+    (tmp_path / DEFAULT_DETECTOR.name).write_text(json.dumps(card))
+    bundled = open_analyzer(str(model_path), device="cpu").detector_id
+    monkeypatch.setenv("MASKCORE_DETECTOR", str(tmp_path))
+    chosen = open_analyzer(str(model_path), device="cpu")
+    assert chosen.detector is not None and chosen.detector.spec.score_threshold == 0.5
+    assert chosen.detector_id == FaceDetector(tmp_path, device="cpu").model_id != bundled
