@@ -43,6 +43,12 @@ Precision = Literal["auto", "fp32", "int8"]
 #: The bundled model, trained on the shared face-mask dataset (see docs/MODEL.md).
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "model.onnx"
 
+#: On a CPU a batch runs in slices of this many inputs: the activations of a small slice stay in
+#: the CPU's caches. Measured with the int8 classifier on one thread (how the decode processes
+#: run it): 2,440 face crops a second in slices of 16 against 2,150 in calls of 64 and 1,650 of
+#: 256, whole pictures 1,190 against 1,070; float32 and two threads lose nothing.
+CPU_SLICE = 16
+
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
 
@@ -156,6 +162,9 @@ class Engine:
         if batch.ndim != 4 or batch.shape[1:] != (*self.spec.size, 3):
             raise ValueError(f"batch of shape {batch.shape} does not fit input {self.spec.size}")
         n = len(batch)
+        if self.device == "cpu" and n > CPU_SLICE:
+            return np.concatenate([self.predict(batch[i:i + CPU_SLICE], whole=whole)
+                                   for i in range(0, n, CPU_SLICE)])
         if self.device == "cuda" and n:
             # Batches padded to a power of two (64 at least): a CUDA session plans and allocates
             # for every new input shape, and the number of faces in a batch is never the same

@@ -145,7 +145,7 @@ def classify(
                        (str(engine.path), engine.precision, analyzer.faces)) as pool:
             for results, t_decode, t_infer in _in_order(
                     pool, analyze_chunk, (source, engine.spec, side),
-                    _chunks(iter(refs), batch_size), workers * 2, stop, times):
+                    tasks(iter(refs), batch_size, workers), workers * 2, stop, times):
                 times.decode_cpu += t_decode
                 times.inference += t_infer
                 times.batches += 1
@@ -226,3 +226,27 @@ def _in_order(pool: Executor, fn: Callable[..., Any], args: tuple[Any, ...],
 def _chunks(it: Iterator[Ref], n: int) -> Iterator[list[Ref]]:
     while chunk := list(islice(it, n)):
         yield chunk
+
+
+#: How many tasks the last refs of a run are cut into, per process (see :func:`tasks`).
+TAIL_SPLIT = 4
+
+
+def tasks(it: Iterator[Ref], n: int, processes: int) -> Iterator[list[Ref]]:
+    """Tasks of ``n`` refs for ``processes`` processes, the last of them smaller.
+
+    A free process takes the next task, so the run ends when its longest last task does: with
+    tasks of a whole batch one process could still be analyzing 64 street pictures (two seconds
+    on a CPU) while the others wait. So the refs that remain once fewer than ``processes`` full
+    tasks are left are cut into ``TAIL_SPLIT`` tasks per process. Reads at most
+    ``processes * n`` refs ahead.
+    """
+    window = list(islice(it, n * processes))
+    while len(window) == n * processes:
+        yield window[:n]
+        window = window[n:]
+        window.extend(islice(it, n))
+    if window:
+        size = -(-len(window) // (processes * TAIL_SPLIT))
+        for start in range(0, len(window), size):
+            yield window[start:start + size]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from maskcore.card import ModelCard
-from maskcore.engine import Engine, open_session
+from maskcore.engine import CPU_SLICE, Engine, open_session
 from maskcore.errors import ModelError, UsageError
 from tests.conftest import ROOT
 
@@ -24,6 +24,21 @@ def test_variants_have_their_own_ids_and_agree(model_path):
     assert np.abs(a - b).max() < 0.2
     with pytest.raises(ValueError, match="does not fit"):
         fp32.predict(x[:, :64])
+
+
+def test_a_large_batch_gives_what_its_pictures_give_alone(model_path):
+    """On a CPU a batch runs in slices: every input still gets its own probabilities, in order,
+    through the branch it asked for."""
+    engine = Engine(model_path, device="cpu")
+    n = CPU_SLICE * 2 + 5
+    x = np.random.default_rng(1).random((n, *engine.spec.size, 3), dtype=np.float32)
+    for whole in (False, True):
+        together = engine.predict(x, whole=whole)
+        alone = np.concatenate([engine.predict(x[i:i + 1], whole=whole) for i in range(n)])
+        assert together.shape == (n, len(engine.classes))
+        assert np.allclose(together, alone, atol=1e-6)
+    assert engine.has_whole_branch  # the bundled pair: the two calls above took both branches
+    assert not np.allclose(engine.predict(x, whole=True), engine.predict(x, whole=False))
 
 
 def test_a_card_of_another_model_is_refused(model_path, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from maskcore.faces import FaceOptions, open_analyzer
 from maskcore.ledger import etag_field
 from maskcore.manifest import FACE_ROWS
-from maskcore.pipeline import classify
+from maskcore.pipeline import TAIL_SPLIT, classify, tasks
 from maskcore.storage import LocalSource
 from tests.conftest import copy_pictures
 from tests.helpers import BAD_INPUTS, encode, gradient
@@ -78,3 +78,17 @@ def test_row_extra_adds_fields_to_every_row(folder, model_path):
 def test_batch_size_below_one_is_refused(folder, model_path):
     with pytest.raises(ValueError):
         run(folder, model_path, workers=0, batch_size=0)
+
+
+@pytest.mark.parametrize(("total", "n", "processes"), [(691, 64, 2), (128, 64, 2), (5, 64, 2),
+                                                       (0, 64, 2), (300, 16, 3), (70, 8, 1)])
+def test_tasks_keep_the_order_and_cut_the_last_ones_small(total, n, processes):
+    refs = list(range(total))
+    got = list(tasks(iter(refs), n, processes))
+    assert [r for task in got for r in task] == refs and all(got)
+    sizes = [len(t) for t in got]
+    full = next((k for k, size in enumerate(sizes) if size < n), len(sizes))
+    assert sizes[:full] == [n] * full  # whole batches first, then only small tasks
+    small = sizes[full:]
+    assert sum(small) < processes * n and all(size <= -(-n // TAIL_SPLIT) for size in small)
+    assert sum(small) >= min(total, (processes - 1) * n)  # enough to share among processes
