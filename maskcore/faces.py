@@ -145,7 +145,7 @@ class Analyzer:
                     inputs.append(to_input(pic.image, spec))  # type: ignore[union-attr]
                     owners.append((i, -1))
                     continue
-                areas = (det.xyxy[:, 2] - det.xyxy[:, 0]) * (det.xyxy[:, 3] - det.xyxy[:, 1])
+                areas = det.areas
                 main = int(np.argmax(areas))
                 if areas[main] >= self.faces.closeup * pic.width * pic.height:  # type: ignore[union-attr]
                     r.closeup_face = main

@@ -21,6 +21,7 @@ from maskcore.detector import (
     decode_boxes,
     encode_boxes,
     nms,
+    suppress,
 )
 from maskcore.evaluate import evaluate_run, iou_matrix
 from maskcore.faces import open_analyzer
@@ -136,13 +137,31 @@ def test_decoding_and_nms_on_made_up_network_output():
     b = a + 1
     assert priors[b, 2] == 32 and (priors[b, :2] == priors[a, :2]).all()
     score[a], score[b] = 0.9, 0.8
-    found = decode_boxes(loc, score, spec, scale=0.5, size=(192, 128), canvas=(64, 96))
     cx, cy, w, h = priors[a]
-    assert len(found) == 2  # IoU of a 16 px box inside a 32 px one is 0.25: both stay
+    # The 16 px box inside the 32 px one: IoU 0.25, so plain NMS keeps both ...
+    both = DetectorSpec(canvas=64, score_threshold=0.5, nested=1.0)
+    assert len(decode_boxes(loc, score, both, scale=0.5, size=(192, 128), canvas=(64, 96))) == 2
+    # ... and the nested rule (the default) keeps the better one alone.
+    found = decode_boxes(loc, score, spec, scale=0.5, size=(192, 128), canvas=(64, 96))
+    assert len(found) == 1 and found.score[0] == np.float32(0.9)
     np.testing.assert_allclose(found.xyxy[0], np.array([cx - w / 2, cy - h / 2, cx + w / 2,
                                                         cy + h / 2]) / 0.5, atol=1e-4)
     twins = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], np.float32)
     assert list(nms(twins, np.array([0.7, 0.9, 0.8], np.float32), 0.4)) == [1, 2]
+    # Two faces side by side, overlapping by 40% of each: neither is inside the other.
+    pair = np.array([[0, 0, 10, 10], [6, 0, 16, 10]], np.float32)
+    assert list(nms(pair, np.array([0.9, 0.8], np.float32), 0.4, nested=0.5)) == [0, 1]
+    # Of a box and a box inside it, the lower-scored goes, whichever is the larger.
+    inner = np.array([[0, 0, 20, 20], [2, 2, 12, 12], [15, 0, 35, 20]], np.float32)
+    assert list(nms(inner, np.array([0.8, 0.9, 0.7], np.float32), 0.4, nested=0.5)) == [1, 2]
+    assert list(nms(inner, np.array([0.9, 0.8, 0.7], np.float32), 0.4, nested=0.5)) == [0, 2]
+    # A face keeps the extent of the larger box put down for it (the close-up rule reads it);
+    # a twin that IoU alone suppresses does not enlarge it.
+    kept, extent = suppress(inner, np.array([0.8, 0.9, 0.7], np.float32), 0.4, nested=0.5)
+    assert list(kept) == [1, 2] and list(extent) == [400.0, 400.0]
+    twins = np.array([[0, 0, 10, 10], [0, 0, 11, 11]], np.float32)
+    kept, extent = suppress(twins, np.array([0.9, 0.8], np.float32), 0.4, nested=0.5)
+    assert list(kept) == [0] and list(extent) == [100.0]
 
 
 def test_encoding_is_the_inverse_of_decoding():
@@ -160,7 +179,7 @@ def test_encoding_is_the_inverse_of_decoding():
     score[picked] = np.linspace(0.9, 0.6, 5)
     found = decode_boxes(loc, score, spec, scale=1.0, size=(64, 64), canvas=(64, 64))
     expected = np.clip(boxes, 0, 64)
-    assert len(found) == len(nms(expected, score[picked], spec.nms_iou))
+    assert len(found) == len(nms(expected, score[picked], spec.nms_iou, spec.nested))
     for box in found.xyxy:
         assert np.abs(expected - box).max(axis=1).min() < 1e-3
 
