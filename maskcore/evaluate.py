@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from maskcore.errors import UsageError
-from maskcore.manifest import read_jsonl
+from maskcore.results import open_results
 from maskcore.voc import BoxFile, scan_voc, split_of_digest
 
 __all__ = ["IOU", "SIZES", "UNSAFE", "DetectionTally", "evaluate_run", "format_report",
@@ -113,11 +113,6 @@ class _Picture:
     faces: list[dict[str, Any]]
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with path.open("rb") as fh:
-        return list(read_jsonl(fh))
-
-
 def evaluate_run(results: str | Path, boxes: str | Path, *, split: str = "all") -> dict[str, Any]:
     """Score the run in ``results`` (a batch job's output folder) against the VOC files in
     ``boxes`` (a folder of ``*.xml``, or a dataset folder holding ``annotations/``).
@@ -137,17 +132,15 @@ def evaluate_run(results: str | Path, boxes: str | Path, *, split: str = "all") 
     if (box_dir / "annotations").is_dir():
         box_dir = box_dir / "annotations"
     voc = scan_voc(box_dir)
-    faces_of: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for f in _read_jsonl(faces_file):
-        faces_of[f["source"]].append(f)
+    run = open_results(str(res))
     pictures: list[_Picture] = []
-    for row in _read_jsonl(manifest):
+    for row in run.rows:
         name = PurePosixPath(row["source"]).name
         if name not in voc or row["status"] != "ok":
             continue
         if split != "all" and split_of_digest(row["sha256"]) != split:
             continue
-        pictures.append(_Picture(voc[name], row, faces_of.get(row["source"], [])))
+        pictures.append(_Picture(voc[name], row, run.faces_of(row["source"])))
     if not pictures:
         raise UsageError(f"no picture of {res} has a box file in {box_dir}"
                          + (f" in the {split} split" if split != "all" else ""))
