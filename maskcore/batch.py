@@ -71,8 +71,10 @@ def run_batch(
     where = f"{facts['device']} [{facts['provider']}]"
     say(f"model {engine.model_id} ({engine.path}, {engine.precision}) on {where}")
     if analyzer.detector is not None:
+        ds = analyzer.detector.spec
+        finer = f", {ds.fine_canvas} px for larger pictures" if ds.fine_canvas > ds.canvas else ""
         say(f"faces: detector {analyzer.detector_id} ({analyzer.detector.path.name}, "
-            f"canvas {analyzer.detector.spec.canvas} px)")
+            f"canvas {ds.canvas} px{finer})")
     refs = list(source.list())
     skipped = source.hidden_skipped if isinstance(source, LocalSource) else 0
     input_root = source.path.resolve() if isinstance(source, LocalSource) else None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from maskcore.detector import DetectorSpec, letterbox
+from maskcore.detector import DetectorSpec, fine_letterbox, letterbox
 from maskcore.errors import ImageDecodeError, StorageError
 from maskcore.preprocess import Picture, PreprocessSpec, decode, load
 from maskcore.storage import Ref, Source
@@ -48,6 +48,7 @@ class DecodedItem(RefFacts):
     picture: Picture | None = None  # the upright picture (face stage)
     canvas: np.ndarray | None = None  # the picture scaled for the detector, uint8 (face stage)
     canvas_scale: float = 1.0  # canvas pixels per pixel of ``picture.image``
+    fine: tuple[np.ndarray, float] | None = None  # the detector's second look, and its scale
 
     @property
     def ok(self) -> bool:
@@ -63,10 +64,10 @@ def decode_refs(source: Source, refs: list[Ref], spec: PreprocessSpec,
         refs: what to decode.
         spec: the classifier's preprocessing.
         faces: the face detector's settings, for the face stage: keep the upright picture,
-            decoded at least ``faces.canvas`` large on both sides (JPEG may shrink by 1/2, 1/4,
-            1/8 down to it), and its detector canvas, made here so that the process that runs
-            the detector (one in front of a GPU) only runs it. None keeps only the whole
-            picture's model input.
+            decoded at least ``faces.largest_canvas`` large on both sides (JPEG may shrink by
+            1/2, 1/4, 1/8 down to it), and its detector canvases, made here so that the
+            process that runs the detector (one in front of a GPU) only runs it. None keeps
+            only the whole picture's model input.
 
     Returns:
         One :class:`DecodedItem` per ref, in order, and the seconds this took.
@@ -85,10 +86,11 @@ def decode_refs(source: Source, refs: list[Ref], spec: PreprocessSpec,
                 d = load(data, spec)
                 out.append(DecodedItem(ref, digest, d.width, d.height, whole=d.array))
             else:
-                pic = decode(data, spec, draft=faces.canvas)
+                pic = decode(data, spec, draft=faces.largest_canvas)
                 canvas, scale = letterbox(pic.image, faces)
+                fine = fine_letterbox(pic.image, faces, max(pic.width, pic.height))
                 out.append(DecodedItem(ref, digest, pic.width, pic.height, picture=pic,
-                                       canvas=canvas, canvas_scale=scale))
+                                       canvas=canvas, canvas_scale=scale, fine=fine))
         except ImageDecodeError as exc:
             out.append(DecodedItem(ref, sha256=digest, error=str(exc), error_kind=exc.kind))
     return out, time.perf_counter() - t0

@@ -14,6 +14,10 @@ Three named steps, each testable alone (the shape of ultralytics' predictor):
 * :func:`decode_boxes`: anchors (priors) -> boxes, score threshold, NMS, boxes mapped back to the
   original picture's pixels (after EXIF orientation) and clipped to it.
 
+A picture larger than the canvas gets a second look at ``spec.fine_canvas`` for the faces the
+first one shrank out of reach (:func:`fine_letterbox`); :func:`merge_looks` joins its small
+boxes to the first look's.
+
 Everything the detector needs is in its card, ``models/face_detector.json``: the ONNX file's
 sha256 (its id in every face row), the canvas size, the thresholds, the anchors and where the
 weights come from. ``models/extract_face_detector.py`` reproduces the network as its authors
@@ -44,7 +48,8 @@ if TYPE_CHECKING:
     from maskcore.engine import Device
 
 __all__ = ["DEFAULT_DETECTOR", "DetectorSpec", "Detections", "FaceDetector", "anchors",
-           "decode_boxes", "encode_boxes", "letterbox", "nms", "to_canvases"]
+           "decode_boxes", "encode_boxes", "fine_letterbox", "letterbox", "merge_looks", "nms",
+           "suppress", "to_canvases"]
 
 #: The bundled detector's card (its ONNX file sits beside it).
 DEFAULT_DETECTOR = Path(__file__).resolve().parents[1] / "models" / "face_detector.json"
@@ -84,6 +89,15 @@ class DetectorSpec:
     """What decides the boxes. Read from the detector's card; each value can be overridden."""
 
     canvas: int = 640  # a picture is scaled so that its longer side is this many pixels
+    # A second, finer look at pictures larger than ``canvas`` (0: none). Shrunk to ``canvas``,
+    # a large picture's small faces shrink below what the network finds: street pictures put
+    # three to a row (1,200 px wide) lost half their boxed faces at 640 px. Such a picture is
+    # also drawn with its longer side at ``fine_canvas``, and the boxes found there at most
+    # ``fine_max_face`` of its pixels wide join the first look's. Wider ones are left to the
+    # first look: on a large canvas the network, tuned on small street faces, drew boxes
+    # hundreds of pixels wide on walls and shirts (docs/MODEL.md).
+    fine_canvas: int = 1280
+    fine_max_face: float = 64.0
     score_threshold: float = 0.5  # a box is kept at or above this face probability
     nms_iou: float = 0.4  # of two boxes overlapping more than this, the lower-scored goes
     # Of two boxes whose overlap covers more than this share of the smaller one, the
@@ -106,9 +120,22 @@ class DetectorSpec:
     def __post_init__(self) -> None:
         if self.canvas < 32 or self.canvas % 32:
             raise ValueError(f"canvas must be a multiple of 32, at least 32, not {self.canvas}")
+        if self.fine_canvas < 0 or self.fine_canvas % 32 or self.fine_max_face <= 0:
+            raise ValueError(f"fine_canvas must be 0 or a multiple of 32, not {self.fine_canvas}, "
+                             f"and fine_max_face above 0")
         if not 0.0 < self.score_threshold < 1.0 or not 0.0 < self.nms_iou <= 1.0 \
                 or not 0.0 < self.nested <= 1.0:
             raise ValueError("score_threshold must be in (0, 1), nms_iou and nested in (0, 1]")
+
+    @property
+    def largest_canvas(self) -> int:
+        """The longest side a canvas can have: what a JPEG decoder may shrink a picture to."""
+        return max(self.canvas, self.fine_canvas)
+
+    def looks_finer(self, longer: int) -> bool:
+        """Whether a picture whose longer side is ``longer`` original pixels gets the second,
+        finer look (``fine_canvas``)."""
+        return self.fine_canvas > self.canvas and longer > self.canvas
 
 
 class FaceDetector:
@@ -186,30 +213,51 @@ class FaceDetector:
             factors: original pixels per pixel of each image (1.0 when None).
             sizes: each original (width, height), for clipping (the image's own when None).
         """
+        sizes = sizes or [(im.width, im.height) for im in images]
         prepared = [letterbox(im, self.spec) for im in images]
+        fine = [fine_letterbox(im, self.spec, max(size)) for im, size in zip(images, sizes,
+                                                                            strict=True)]
         return self.detect_prepared([c for c, _ in prepared], [sc for _, sc in prepared],
-                                    factors, sizes or [(im.width, im.height) for im in images])
+                                    factors, sizes, fine)
 
     def detect_prepared(self, canvases: list[np.ndarray], scales: list[float],
-                        factors: list[float] | None, sizes: list[tuple[int, int]]
+                        factors: list[float] | None, sizes: list[tuple[int, int]],
+                        fine: list[tuple[np.ndarray, float] | None] | None = None
                         ) -> list[Detections]:
-        """:meth:`detect` for pictures already scaled by :func:`letterbox` (in decode processes)."""
+        """:meth:`detect` for pictures already scaled by :func:`letterbox` (in decode processes),
+        with their second looks from :func:`fine_letterbox` (None where a picture has none)."""
+        factor = factors or [1.0] * len(canvases)
+        out = self._look(canvases, [sc / f for sc, f in zip(scales, factor, strict=True)],
+                         sizes, self.spec.canvas)
+        looks = [(i, f) for i, f in enumerate(fine or []) if f is not None]
+        if looks:
+            finer = [i for i, _ in looks]
+            fine_scales = [sc / factor[i] for i, (_, sc) in looks]
+            found = self._look([c for _, (c, _) in looks], fine_scales,
+                               [sizes[i] for i in finer], self.spec.fine_canvas)
+            for i, more, sc in zip(finer, found, fine_scales, strict=True):
+                out[i] = merge_looks(out[i], more, sc, self.spec)
+        return out
+
+    def _look(self, canvases: list[np.ndarray], scales: list[float],
+              sizes: list[tuple[int, int]], side: int) -> list[Detections]:
+        """The network over letterboxed pictures (``scales``: canvas pixels per original pixel;
+        ``side``: the square a CUDA batch pads them to)."""
         out: list[Detections] = [Detections()] * len(canvases)
-        for (h, w), group, batch in self.batches(canvases):
+        for (h, w), group, batch in self.batches(canvases, side):
             loc, score = self.run(batch)
             for j, i in enumerate(group):
-                f = factors[i] if factors else 1.0
-                out[i] = decode_boxes(loc[j], score[j], self.spec, scales[i] / f, sizes[i],
-                                      (h, w))
+                out[i] = decode_boxes(loc[j], score[j], self.spec, scales[i], sizes[i], (h, w))
         return out
 
 
-    def batches(self, pictures: list[np.ndarray]
+    def batches(self, pictures: list[np.ndarray], side: int | None = None
                  ) -> Iterator[tuple[tuple[int, int], list[int], np.ndarray]]:
         """(canvas shape, member indices, input batch) for each network call.
 
         On a CPU, one picture a call, on a canvas of its own shape rounded up to 32. On CUDA,
-        every canvas is the square ``spec.canvas`` and every batch ``gpu_batch`` canvases:
+        every canvas is the square ``side`` (``spec.canvas`` unless given; ``spec.fine_canvas``
+        for the second looks) and every batch ``gpu_batch`` canvases:
         cuDNN plans its convolutions for each input shape it meets, and a new plan per picture
         shape made a GPU slower than a CPU (5 street pictures a second on an H100, measured).
         """
@@ -218,20 +266,46 @@ class FaceDetector:
                 shape = (_up32(pic.shape[0]), _up32(pic.shape[1]))
                 yield shape, [i], to_canvases([pic], self.spec, shape)
             return
-        s, n = self.spec.canvas, self.gpu_batch
+        s, n = side or self.spec.canvas, self.gpu_batch
         for start in range(0, len(pictures), n):
             group = list(range(start, min(start + n, len(pictures))))
             yield (s, s), group, to_canvases([pictures[i] for i in group], self.spec, (s, s), n)
 
 
-def letterbox(image: Image.Image, spec: DetectorSpec) -> tuple[np.ndarray, float]:
-    """One RGB picture scaled so that its longer side is ``spec.canvas``: uint8 (h, w, 3) RGB,
-    and the scale it was drawn at. It stays uint8 until a batch is made (:func:`to_canvases`):
-    decode processes make it, and a quarter of the bytes cross to the detector's process."""
-    scale = spec.canvas / max(image.width, image.height)
+def letterbox(image: Image.Image, spec: DetectorSpec, side: int | None = None
+              ) -> tuple[np.ndarray, float]:
+    """One RGB picture scaled so that its longer side is ``side`` (``spec.canvas`` unless
+    given): uint8 (h, w, 3) RGB, and the scale it was drawn at (canvas pixels per pixel of
+    ``image``). It stays uint8 until a batch is made (:func:`to_canvases`): decode processes
+    make it, and a quarter of the bytes cross to the detector's process."""
+    scale = (side or spec.canvas) / max(image.width, image.height)
     w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
     resized = image.resize((w, h), Image.Resampling.BILINEAR) if (w, h) != image.size else image
     return np.asarray(resized, dtype=np.uint8), scale
+
+
+def fine_letterbox(image: Image.Image, spec: DetectorSpec, longer: int
+                   ) -> tuple[np.ndarray, float] | None:
+    """The second, finer look's picture (:func:`letterbox` at ``spec.fine_canvas``) for a
+    picture whose longer side is ``longer`` original pixels; None when it gets none."""
+    return letterbox(image, spec, spec.fine_canvas) if spec.looks_finer(longer) else None
+
+
+def merge_looks(first: Detections, fine: Detections, scale: float, spec: DetectorSpec
+                ) -> Detections:
+    """The faces of both looks at one picture: the second look's boxes at most
+    ``spec.fine_max_face`` of its canvas pixels wide (``scale``: its canvas pixels per original
+    pixel) join the first look's, and the same suppression as within a look keeps one box a
+    face, the best-scored."""
+    narrow = (fine.xyxy[:, 2] - fine.xyxy[:, 0]) * scale <= spec.fine_max_face
+    fine = fine[narrow]
+    if not len(fine):
+        return first
+    boxes = np.concatenate([first.xyxy, fine.xyxy])
+    scores = np.concatenate([first.score, fine.score])
+    chosen, extent = suppress(boxes, scores, spec.nms_iou, spec.nested,
+                              np.concatenate([first.areas, fine.areas]))
+    return Detections(boxes[chosen], scores[chosen], extent)[: spec.max_faces]
 
 
 def to_canvases(pictures: list[np.ndarray], spec: DetectorSpec, shape: tuple[int, int],
@@ -336,12 +410,14 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, nested: float = 1.0) 
     return suppress(boxes, scores, iou, nested)[0]
 
 
-def suppress(boxes: np.ndarray, scores: np.ndarray, iou: float, nested: float = 1.0
-             ) -> tuple[np.ndarray, np.ndarray]:
+def suppress(boxes: np.ndarray, scores: np.ndarray, iou: float, nested: float = 1.0,
+             extents: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`nms`'s kept indices, and for each kept box the largest area among it and the
-    boxes it put down as nested in it (see :attr:`Detections.extent`)."""
+    boxes it put down as nested in it (see :attr:`Detections.extent`; ``extents``: each box's
+    own, when a box stands for boxes put down before, as when two looks are merged)."""
     order = np.argsort(-scores, kind="stable")
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    sizes = areas if extents is None else np.maximum(areas, extents)
     kept: list[int] = []
     extent: list[float] = []
     while len(order):
@@ -358,6 +434,6 @@ def suppress(boxes: np.ndarray, scores: np.ndarray, iou: float, nested: float = 
         # Only what the nested rule put down: a box that IoU alone suppresses never counted as
         # a face of its own, so it does not make a face larger either.
         absorbed = rest[(inside > nested) & (overlap <= iou)]
-        extent.append(float(max(areas[i], areas[absorbed].max(initial=0.0))))
+        extent.append(float(max(sizes[i], sizes[absorbed].max(initial=0.0))))
         order = rest[(overlap <= iou) & (inside <= nested)]
     return np.asarray(kept, dtype=np.int64), np.asarray(extent, dtype=np.float32)

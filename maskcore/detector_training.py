@@ -264,7 +264,8 @@ def _card(onnx_path: Path, base: str | Path, spec: DetectorSpec, cfg: DetectorTr
         "input": "input: float32 (N, 3, H, W), BGR minus mean_bgr, H and W multiples of 32",
         "outputs": "loc (N, A, 4) box codes, conf (N, A, 2) softmax [background, face], "
                    "landmarks (N, A, 10) (not fine-tuned)",
-        "spec": {k: settings[k] for k in ("canvas", "score_threshold", "nms_iou", "nested",
+        "spec": {k: settings[k] for k in ("canvas", "fine_canvas", "fine_max_face",
+                                          "score_threshold", "nms_iou", "nested",
                                           "min_face", "max_faces", "mean_bgr", "box_adjust")},
         "provenance": {
             "base": f"{Path(base).name} (sha256 "

@@ -136,7 +136,8 @@ class Analyzer:
                 canvases,  # type: ignore[arg-type]
                 [items[i].canvas_scale for i in ok],
                 [p.factor for p in pics],  # type: ignore[union-attr]
-                [(p.width, p.height) for p in pics])  # type: ignore[union-attr]
+                [(p.width, p.height) for p in pics],  # type: ignore[union-attr]
+                [items[i].fine for i in ok])
             for i, pic, det in zip(ok, pics, found, strict=True):
                 r = results[i]
                 r.faces_checked = True

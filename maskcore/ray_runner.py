@@ -78,9 +78,9 @@ def decode_batch(batch: dict[str, np.ndarray], source: Source, spec: PreprocessS
 def _decode_memory(spec: PreprocessSpec, faces: DetectorSpec | None) -> int:
     """Bytes a decode task may need: the largest allowed picture as RGBA, plus its batch."""
     h, w = spec.size
-    # With the face stage an item holds the picture (at most about 2x the canvas, as JPEG
-    # drafts) and the float32 canvas.
-    per_item = h * w * 3 * 4 if faces is None else faces.canvas * faces.canvas * 3 * 20
+    # With the face stage an item holds the picture (at most about twice the largest canvas a
+    # side, as JPEG drafts: 4 L^2 RGB pixels) and its uint8 canvases (at most 2 L^2 together).
+    per_item = h * w * 3 * 4 if faces is None else faces.largest_canvas ** 2 * 3 * 6
     return spec.max_pixels * 4 + CHUNK * per_item * 2 + (64 << 20)
 
 

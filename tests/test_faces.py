@@ -15,11 +15,13 @@ from PIL import Image
 from maskcore.cli import main
 from maskcore.detector import (
     DEFAULT_DETECTOR,
+    Detections,
     DetectorSpec,
     FaceDetector,
     anchors,
     decode_boxes,
     encode_boxes,
+    merge_looks,
     nms,
     suppress,
 )
@@ -75,10 +77,10 @@ PLACES = [(40, 60, 160), (420, 40, 96), (600, 300, 64), (250, 330, 120)]
 REFERENCE = (300, 200, 128)  # where face_box pastes the close-up alone
 
 
-def _check(found: np.ndarray, want: np.ndarray) -> None:
+def _check(found: np.ndarray, want: np.ndarray, least_iou: float = 0.7) -> None:
     assert len(found) == len(want), (found, want)
     iou = iou_matrix(found, want)
-    assert (iou.max(axis=0) >= 0.7).all(), iou  # every pasted face found where it was pasted
+    assert (iou.max(axis=0) >= least_iou).all(), iou  # every pasted face found where pasted
 
 
 def test_pasted_faces_are_found_where_they_were_pasted(detector, face_box):
@@ -123,6 +125,47 @@ def test_a_shrunk_jpeg_maps_boxes_back_to_original_pixels(detector, face_box):
     assert pic.factor > 1.5  # the decoder did shrink it
     found = detector.detect([pic.image], [pic.factor], [(pic.width, pic.height)])[0]
     _check(found.xyxy, expected_boxes(face_box, places))
+
+
+def test_a_large_picture_gets_a_second_finer_look(detector, face_box, tmp_path):
+    """Faces small in a large picture: shrunk to the 640 px canvas they are a dozen pixels wide
+    and the first look finds none of them; the second look, at 1280 px, finds each where it was
+    pasted, in the detector and through the batch job's decoding (a JPEG it may shrink)."""
+    places = [(200, 300, 40), (1200, 700, 48), (900, 200, 44)]
+    im = scene(places, size=(1600, 1000))
+    first_look_only = FaceDetector(device="cpu", threads=1, fine_canvas=0)
+    assert len(first_look_only.detect([im])[0]) == 0
+    # IoU 0.5, as the evaluation matches faces: the boxes of faces this small are looser
+    _check(detector.detect([im])[0].xyxy, expected_boxes(face_box, places), 0.5)
+    (tmp_path / "in").mkdir()
+    im.save(tmp_path / "in" / "wide.jpg", quality=92)
+    r = CliRunner().invoke(main, ["batch", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                                  "--workers", "0", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in (tmp_path / "out" / "faces.jsonl").read_text().split("\n")
+            if x]
+    boxes = np.array([[f["x0"], f["y0"], f["x1"], f["y1"]] for f in rows], np.float32)
+    _check(boxes, expected_boxes(face_box, places), 0.5)
+
+
+def test_two_looks_merge_into_one_box_a_face():
+    """The finer look adds the faces the first missed; a face both saw keeps its best box; a
+    wide box of the finer look is left to the first (the network's false giants live there)."""
+    spec = DetectorSpec(fine_max_face=64.0)
+    first = Detections(np.array([[100, 100, 300, 300], [500, 500, 530, 530]], np.float32),
+                       np.array([0.9, 0.7], np.float32))
+    fine = Detections(np.array([[501, 501, 531, 531],  # the small face again, better scored
+                                [600, 600, 640, 640],  # a face only the finer look saw
+                                [0, 0, 400, 400]], np.float32),  # too wide for the finer look
+                      np.array([0.95, 0.8, 0.99], np.float32))
+    merged = merge_looks(first, fine, 1.0, spec)
+    assert merged.xyxy.tolist() == [[501, 501, 531, 531], [100, 100, 300, 300],
+                                    [600, 600, 640, 640]]
+    assert merged.score.tolist() == pytest.approx([0.95, 0.9, 0.8])
+    # the finer look's widths are counted in its own canvas pixels: at scale 2 the 40 px face
+    # is 80 of them, over the limit, and only the first look's faces stay
+    assert len(merge_looks(first, fine[1:2], 2.0, spec)) == 2
+    assert merge_looks(first, Detections(), 1.0, spec) is first
 
 
 def test_decoding_and_nms_on_made_up_network_output():
