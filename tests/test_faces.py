@@ -83,6 +83,19 @@ def _check(found: np.ndarray, want: np.ndarray, least_iou: float = 0.7) -> None:
     assert (iou.max(axis=0) >= least_iou).all(), iou  # every pasted face found where pasted
 
 
+def _job_boxes(tmp_path: Path, name: str, data: bytes) -> np.ndarray:
+    """The face boxes the batch job writes for one picture file."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / name).write_bytes(data)
+    r = CliRunner().invoke(main, ["batch", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                                  "--workers", "0", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in (tmp_path / "out" / "faces.jsonl").read_text().split("\n")
+            if x]
+    return np.array([[f["x0"], f["y0"], f["x1"], f["y1"]] for f in rows],
+                    np.float32).reshape(-1, 4)
+
+
 def test_pasted_faces_are_found_where_they_were_pasted(detector, face_box):
     im = scene(PLACES)
     found = detector.detect([im])[0]
@@ -106,15 +119,7 @@ def test_boxes_are_in_the_upright_picture_of_an_exif_rotated_file(detector, face
     found = detector.detect([pic.image], [pic.factor], [(pic.width, pic.height)])[0]
     _check(found.xyxy, expected_boxes(face_box, PLACES))
     # and through the whole job: the face rows carry the same boxes
-    (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "rotated.jpg").write_bytes(data)
-    r = CliRunner().invoke(main, ["batch", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
-                                  "--workers", "0", "--no-progress"])
-    assert r.exit_code == 0, r.output
-    rows = [json.loads(x) for x in (tmp_path / "out" / "faces.jsonl").read_text().split("\n")
-            if x]
-    boxes = np.array([[f["x0"], f["y0"], f["x1"], f["y1"]] for f in rows], np.float32)
-    _check(boxes, expected_boxes(face_box, PLACES))
+    _check(_job_boxes(tmp_path, "rotated.jpg", data), expected_boxes(face_box, PLACES))
 
 
 def test_a_shrunk_jpeg_maps_boxes_back_to_original_pixels(detector, face_box):
@@ -137,14 +142,7 @@ def test_a_large_picture_gets_a_second_finer_look(detector, face_box, tmp_path):
     assert len(first_look_only.detect([im])[0]) == 0
     # IoU 0.5, as the evaluation matches faces: the boxes of faces this small are looser
     _check(detector.detect([im])[0].xyxy, expected_boxes(face_box, places), 0.5)
-    (tmp_path / "in").mkdir()
-    im.save(tmp_path / "in" / "wide.jpg", quality=92)
-    r = CliRunner().invoke(main, ["batch", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
-                                  "--workers", "0", "--no-progress"])
-    assert r.exit_code == 0, r.output
-    rows = [json.loads(x) for x in (tmp_path / "out" / "faces.jsonl").read_text().split("\n")
-            if x]
-    boxes = np.array([[f["x0"], f["y0"], f["x1"], f["y1"]] for f in rows], np.float32)
+    boxes = _job_boxes(tmp_path, "wide.jpg", encode(im, "JPEG", quality=92))
     _check(boxes, expected_boxes(face_box, places), 0.5)
 
 
