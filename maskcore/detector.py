@@ -229,14 +229,12 @@ class FaceDetector:
         factor = factors or [1.0] * len(canvases)
         out = self._look(canvases, [sc / f for sc, f in zip(scales, factor, strict=True)],
                          sizes, self.spec.canvas)
-        looks = [(i, f) for i, f in enumerate(fine or []) if f is not None]
-        if looks:
-            finer = [i for i, _ in looks]
-            fine_scales = [sc / factor[i] for i, (_, sc) in looks]
-            found = self._look([c for _, (c, _) in looks], fine_scales,
-                               [sizes[i] for i in finer], self.spec.fine_canvas)
-            for i, more, sc in zip(finer, found, fine_scales, strict=True):
-                out[i] = merge_looks(out[i], more, sc, self.spec)
+        # (picture, its second look's canvas, that canvas's pixels per original pixel)
+        looks = [(i, f[0], f[1] / factor[i]) for i, f in enumerate(fine or []) if f is not None]
+        found = self._look([c for _, c, _ in looks], [sc for _, _, sc in looks],
+                           [sizes[i] for i, _, _ in looks], self.spec.fine_canvas)
+        for (i, _, sc), more in zip(looks, found, strict=True):
+            out[i] = merge_looks(out[i], more, sc, self.spec)
         return out
 
     def _look(self, canvases: list[np.ndarray], scales: list[float],
