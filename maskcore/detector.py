@@ -205,32 +205,47 @@ class FaceDetector:
         return loc, conf[..., 1]
 
     def detect(self, images: list[Image.Image], factors: list[float] | None = None,
-               sizes: list[tuple[int, int]] | None = None) -> list[Detections]:
+               sizes: list[tuple[int, int]] | None = None, settled: float | None = None
+               ) -> list[Detections]:
         """Faces in each picture, boxes in original pixels.
 
         Args:
             images: decoded RGB pictures (possibly shrunk by the decoder).
             factors: original pixels per pixel of each image (1.0 when None).
             sizes: each original (width, height), for clipping (the image's own when None).
+            settled: see :meth:`detect_prepared`.
         """
         sizes = sizes or [(im.width, im.height) for im in images]
         prepared = [letterbox(im, self.spec) for im in images]
         fine = [fine_letterbox(im, self.spec, max(size)) for im, size in zip(images, sizes,
                                                                             strict=True)]
         return self.detect_prepared([c for c, _ in prepared], [sc for _, sc in prepared],
-                                    factors, sizes, fine)
+                                    factors, sizes, fine, settled)
 
     def detect_prepared(self, canvases: list[np.ndarray], scales: list[float],
                         factors: list[float] | None, sizes: list[tuple[int, int]],
-                        fine: list[tuple[np.ndarray, float] | None] | None = None
-                        ) -> list[Detections]:
+                        fine: list[tuple[np.ndarray, float] | None] | None = None,
+                        settled: float | None = None) -> list[Detections]:
         """:meth:`detect` for pictures already scaled by :func:`letterbox` (in decode processes),
-        with their second looks from :func:`fine_letterbox` (None where a picture has none)."""
+        with their second looks from :func:`fine_letterbox` (None where a picture has none).
+
+        ``settled``: a picture whose first look finds a face covering at least this share of
+        its area gets no second look (None: every picture that has one gets it). The face
+        stage passes its close-up share: such a face alone decides the picture's verdict, so
+        the small faces a second look adds around it change nothing but the face rows, and
+        cost about four first looks (a phone's photograph of one person is that picture).
+        """
         factor = factors or [1.0] * len(canvases)
         out = self._look(canvases, [sc / f for sc, f in zip(scales, factor, strict=True)],
                          sizes, self.spec.canvas)
+
+        def unsettled(i: int) -> bool:
+            w, h = sizes[i]
+            return settled is None or not len(out[i]) or out[i].areas.max() < settled * w * h
+
         # (picture, its second look's canvas, that canvas's pixels per original pixel)
-        looks = [(i, f[0], f[1] / factor[i]) for i, f in enumerate(fine or []) if f is not None]
+        looks = [(i, f[0], f[1] / factor[i]) for i, f in enumerate(fine or [])
+                 if f is not None and unsettled(i)]
         found = self._look([c for _, c, _ in looks], [sc for _, _, sc in looks],
                            [sizes[i] for i, _, _ in looks], self.spec.fine_canvas)
         for (i, _, sc), more in zip(looks, found, strict=True):

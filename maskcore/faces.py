@@ -137,7 +137,8 @@ class Analyzer:
                 [items[i].canvas_scale for i in ok],
                 [p.factor for p in pics],  # type: ignore[union-attr]
                 [(p.width, p.height) for p in pics],  # type: ignore[union-attr]
-                [items[i].fine for i in ok])
+                [items[i].fine for i in ok],
+                settled=self.faces.closeup if self.faces.closeup < 1 else None)
             for i, pic, det in zip(ok, pics, found, strict=True):
                 r = results[i]
                 r.faces_checked = True

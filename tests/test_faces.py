@@ -146,6 +146,21 @@ def test_a_large_picture_gets_a_second_finer_look(detector, face_box, tmp_path):
     _check(boxes, expected_boxes(face_box, places), 0.5)
 
 
+def test_a_close_up_is_not_looked_at_again(detector, face_box, tmp_path):
+    """A large picture whose first look finds a face covering a fifth of it (the close-up
+    share) gets no second look: that face alone decides its verdict, and the second look costs
+    about four first looks. The small faces beside it are then not looked for; without the
+    share they are, and the batch job passes its close-up share."""
+    small, close = [(100, 100, 40), (120, 700, 48)], (760, 60, 800)
+    im = scene([*small, close], size=(1600, 1000))
+    _check(detector.detect([im])[0].xyxy, expected_boxes(face_box, [*small, close]), 0.5)
+    _check(detector.detect([im], settled=0.2)[0].xyxy, expected_boxes(face_box, [close]), 0.5)
+    # a share the close-up does not reach leaves the second look on
+    assert len(detector.detect([im], settled=0.5)[0]) == 3
+    boxes = _job_boxes(tmp_path, "close.jpg", encode(im, "JPEG", quality=92))
+    _check(boxes, expected_boxes(face_box, [close]), 0.5)
+
+
 def test_two_looks_merge_into_one_box_a_face():
     """The finer look adds the faces the first missed; a face both saw keeps its best box; a
     wide box of the finer look is left to the first (the network's false giants live there)."""
