@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from maskcore.detector import DetectorSpec, fine_letterbox, letterbox
+from maskcore.detector import DetectorSpec, letterbox
 from maskcore.errors import ImageDecodeError, StorageError
 from maskcore.preprocess import Picture, PreprocessSpec, decode, load
 from maskcore.storage import Ref, Source
 
-__all__ = ["CHUNK", "DecodedItem", "RefFacts", "decode_refs", "stack_inputs"]
+__all__ = ["CHUNK", "DecodedItem", "RefFacts", "decode_refs", "finer_picture", "stack_inputs"]
 
 #: Pictures per decode task: large enough that pickling and scheduling stay cheap.
 CHUNK = 16
@@ -48,7 +48,12 @@ class DecodedItem(RefFacts):
     picture: Picture | None = None  # the upright picture (face stage)
     canvas: np.ndarray | None = None  # the picture scaled for the detector, uint8 (face stage)
     canvas_scale: float = 1.0  # canvas pixels per pixel of ``picture.image``
-    fine: tuple[np.ndarray, float] | None = None  # the detector's second look, and its scale
+    # The file's bytes, kept when the detector's second look would want the picture larger
+    # than it was decoded (a JPEG the decoder shrank under ``fine_canvas``): decoded again, by
+    # :func:`finer_picture`, only for a picture whose first look calls for a second one. Most
+    # large pictures are close-ups of one face that do not, and decoding every one of them large
+    # halved the speed on a phone's photographs.
+    data: bytes | None = None
 
     @property
     def ok(self) -> bool:
@@ -64,10 +69,10 @@ def decode_refs(source: Source, refs: list[Ref], spec: PreprocessSpec,
         refs: what to decode.
         spec: the classifier's preprocessing.
         faces: the face detector's settings, for the face stage: keep the upright picture,
-            decoded at least ``faces.largest_canvas`` large on both sides (JPEG may shrink by
-            1/2, 1/4, 1/8 down to it), and its detector canvases, made here so that the
-            process that runs the detector (one in front of a GPU) only runs it. None keeps
-            only the whole picture's model input.
+            decoded at least ``faces.canvas`` large on both sides (JPEG may shrink by 1/2, 1/4,
+            1/8 down to it), and its first look's canvas, made here so that the process that
+            runs the detector (one in front of a GPU) only runs it. None keeps only the whole
+            picture's model input.
 
     Returns:
         One :class:`DecodedItem` per ref, in order, and the seconds this took.
@@ -86,14 +91,26 @@ def decode_refs(source: Source, refs: list[Ref], spec: PreprocessSpec,
                 d = load(data, spec)
                 out.append(DecodedItem(ref, digest, d.width, d.height, whole=d.array))
             else:
-                pic = decode(data, spec, draft=faces.largest_canvas)
+                pic = decode(data, spec, draft=faces.canvas)
                 canvas, scale = letterbox(pic.image, faces)
-                fine = fine_letterbox(pic.image, faces, max(pic.width, pic.height))
-                out.append(DecodedItem(ref, digest, pic.width, pic.height, picture=pic,
-                                       canvas=canvas, canvas_scale=scale, fine=fine))
+                shrunk = max(pic.image.size) < min(faces.fine_canvas, max(pic.width, pic.height))
+                out.append(DecodedItem(
+                    ref, digest, pic.width, pic.height, picture=pic, canvas=canvas,
+                    canvas_scale=scale,
+                    data=data if shrunk and faces.looks_finer(max(pic.width, pic.height)) else None))
         except ImageDecodeError as exc:
             out.append(DecodedItem(ref, sha256=digest, error=str(exc), error_kind=exc.kind))
     return out, time.perf_counter() - t0
+
+
+def finer_picture(item: DecodedItem, spec: PreprocessSpec, faces: DetectorSpec) -> Picture:
+    """The picture a second look is drawn from: the file decoded again at least
+    ``faces.fine_canvas`` large when the decoder had shrunk it under that, else the one
+    decoded (``item.picture``)."""
+    if item.data is None:
+        assert item.picture is not None, "only a decoded picture gets a second look"
+        return item.picture
+    return decode(item.data, spec, draft=faces.fine_canvas)
 
 
 def stack_inputs(arrays: list[np.ndarray], spec: PreprocessSpec) -> np.ndarray:

@@ -15,8 +15,9 @@ Three named steps, each testable alone (the shape of ultralytics' predictor):
   original picture's pixels (after EXIF orientation) and clipped to it.
 
 A picture larger than the canvas gets a second look at ``spec.fine_canvas`` for the faces the
-first one shrank out of reach (:func:`fine_letterbox`); :func:`merge_looks` joins its small
-boxes to the first look's.
+first one shrank out of reach, unless its first look settled it
+(:meth:`FaceDetector.wants_second_look`); :func:`merge_looks` joins its small boxes to the
+first look's.
 
 Everything the detector needs is in its card, ``models/face_detector.json``: the ONNX file's
 sha256 (its id in every face row), the canvas size, the thresholds, the anchors and where the
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     from maskcore.engine import Device
 
 __all__ = ["DEFAULT_DETECTOR", "DetectorSpec", "Detections", "FaceDetector", "anchors",
-           "decode_boxes", "encode_boxes", "fine_letterbox", "letterbox", "merge_looks", "nms",
+           "decode_boxes", "encode_boxes", "letterbox", "merge_looks", "nms",
            "suppress", "to_canvases"]
 
 #: The bundled detector's card (its ONNX file sits beside it).
@@ -207,49 +208,62 @@ class FaceDetector:
     def detect(self, images: list[Image.Image], factors: list[float] | None = None,
                sizes: list[tuple[int, int]] | None = None, settled: float | None = None
                ) -> list[Detections]:
-        """Faces in each picture, boxes in original pixels.
+        """Faces in each picture, boxes in original pixels: the first look and, where
+        :meth:`wants_second_look` says so, the second.
 
         Args:
             images: decoded RGB pictures (possibly shrunk by the decoder).
             factors: original pixels per pixel of each image (1.0 when None).
             sizes: each original (width, height), for clipping (the image's own when None).
-            settled: see :meth:`detect_prepared`.
+            settled: see :meth:`wants_second_look`.
         """
         sizes = sizes or [(im.width, im.height) for im in images]
+        factor = factors or [1.0] * len(images)
         prepared = [letterbox(im, self.spec) for im in images]
-        fine = [fine_letterbox(im, self.spec, max(size)) for im, size in zip(images, sizes,
-                                                                            strict=True)]
-        return self.detect_prepared([c for c, _ in prepared], [sc for _, sc in prepared],
-                                    factors, sizes, fine, settled)
+        found = self.first_look([c for c, _ in prepared], [sc for _, sc in prepared], factor,
+                                sizes)
+        looks = []
+        for i, (im, size) in enumerate(zip(images, sizes, strict=True)):
+            if self.wants_second_look(found[i], size, settled):
+                canvas, sc = letterbox(im, self.spec, self.spec.fine_canvas)
+                looks.append((i, canvas, sc / factor[i]))
+        return self.look_again(found, looks, sizes)
 
-    def detect_prepared(self, canvases: list[np.ndarray], scales: list[float],
-                        factors: list[float] | None, sizes: list[tuple[int, int]],
-                        fine: list[tuple[np.ndarray, float] | None] | None = None,
-                        settled: float | None = None) -> list[Detections]:
-        """:meth:`detect` for pictures already scaled by :func:`letterbox` (in decode processes),
-        with their second looks from :func:`fine_letterbox` (None where a picture has none).
-
-        ``settled``: a picture whose first look finds a face covering at least this share of
-        its area gets no second look (None: every picture that has one gets it). The face
-        stage passes its close-up share: such a face alone decides the picture's verdict, so
-        the small faces a second look adds around it change nothing but the face rows, and
-        cost about four first looks (a phone's photograph of one person is that picture).
-        """
+    def first_look(self, canvases: list[np.ndarray], scales: list[float],
+                   factors: list[float] | None, sizes: list[tuple[int, int]]
+                   ) -> list[Detections]:
+        """The faces the first look finds in pictures already scaled by :func:`letterbox` (in
+        decode processes); ``scales``: canvas pixels per pixel of the decoded picture,
+        ``factors``: original pixels per pixel of it (1.0 when None)."""
         factor = factors or [1.0] * len(canvases)
-        out = self._look(canvases, [sc / f for sc, f in zip(scales, factor, strict=True)],
-                         sizes, self.spec.canvas)
+        return self._look(canvases, [sc / f for sc, f in zip(scales, factor, strict=True)],
+                          sizes, self.spec.canvas)
 
-        def unsettled(i: int) -> bool:
-            w, h = sizes[i]
-            return settled is None or not len(out[i]) or out[i].areas.max() < settled * w * h
+    def wants_second_look(self, first: Detections, size: tuple[int, int],
+                          settled: float | None = None) -> bool:
+        """Whether a picture of ``size`` (original pixels) whose first look found ``first``
+        gets the second: it must be larger than the canvas (:meth:`DetectorSpec.looks_finer`),
+        and with ``settled``, its first look must not have found a face covering at least that
+        share of its area. The face stage passes its close-up share: such a face alone decides
+        the picture's verdict, so the small faces a second look adds around it change nothing
+        but the face rows, and it costs about four first looks and a finer decode (a phone's
+        photograph of one person is that picture)."""
+        w, h = size
+        if not self.spec.looks_finer(max(w, h)):
+            return False
+        return settled is None or not len(first) or float(first.areas.max()) < settled * w * h
 
-        # (picture, its second look's canvas, that canvas's pixels per original pixel)
-        looks = [(i, f[0], f[1] / factor[i]) for i, f in enumerate(fine or [])
-                 if f is not None and unsettled(i)]
-        found = self._look([c for _, c, _ in looks], [sc for _, _, sc in looks],
-                           [sizes[i] for i, _, _ in looks], self.spec.fine_canvas)
-        for (i, _, sc), more in zip(looks, found, strict=True):
-            out[i] = merge_looks(out[i], more, sc, self.spec)
+    def look_again(self, found: list[Detections],
+                   looks: list[tuple[int, np.ndarray, float]], sizes: list[tuple[int, int]]
+                   ) -> list[Detections]:
+        """``found`` with the second looks' faces merged in (:func:`merge_looks`). ``looks``:
+        (index in ``found``, the picture drawn by :func:`letterbox` at ``spec.fine_canvas``, its pixels
+        per original pixel)."""
+        more = self._look([c for _, c, _ in looks], [sc for _, _, sc in looks],
+                          [sizes[i] for i, _, _ in looks], self.spec.fine_canvas)
+        out = list(found)
+        for (i, _, sc), extra in zip(looks, more, strict=True):
+            out[i] = merge_looks(out[i], extra, sc, self.spec)
         return out
 
     def _look(self, canvases: list[np.ndarray], scales: list[float],
@@ -295,13 +309,6 @@ def letterbox(image: Image.Image, spec: DetectorSpec, side: int | None = None
     w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
     resized = image.resize((w, h), Image.Resampling.BILINEAR) if (w, h) != image.size else image
     return np.asarray(resized, dtype=np.uint8), scale
-
-
-def fine_letterbox(image: Image.Image, spec: DetectorSpec, longer: int
-                   ) -> tuple[np.ndarray, float] | None:
-    """The second, finer look's picture (:func:`letterbox` at ``spec.fine_canvas``) for a
-    picture whose longer side is ``longer`` original pixels; None when it gets none."""
-    return letterbox(image, spec, spec.fine_canvas) if spec.looks_finer(longer) else None
 
 
 def merge_looks(first: Detections, fine: Detections, scale: float, spec: DetectorSpec

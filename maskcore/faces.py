@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from maskcore.decode import DecodedItem, RefFacts, stack_inputs
-from maskcore.detector import DetectorSpec, FaceDetector
+from maskcore.decode import DecodedItem, RefFacts, finer_picture, stack_inputs
+from maskcore.detector import Detections, DetectorSpec, FaceDetector, letterbox
 from maskcore.engine import Device, Engine
 from maskcore.errors import UsageError
-from maskcore.preprocess import crop_face, to_input
+from maskcore.preprocess import Picture, crop_face, to_input
 from maskcore.settings import ENV
 
 __all__ = ["Analyzer", "FaceOptions", "PictureResult", "load_analyzer", "open_analyzer",
@@ -132,13 +132,14 @@ class Analyzer:
             canvases = [items[i].canvas for i in ok]
             assert all(p is not None for p in pics) and all(c is not None for c in canvases), \
                 "the face stage needs decoded pictures and their canvases"
-            found = self.detector.detect_prepared(
+            sizes = [(p.width, p.height) for p in pics]  # type: ignore[union-attr]
+            found = self.detector.first_look(
                 canvases,  # type: ignore[arg-type]
                 [items[i].canvas_scale for i in ok],
                 [p.factor for p in pics],  # type: ignore[union-attr]
-                [(p.width, p.height) for p in pics],  # type: ignore[union-attr]
-                [items[i].fine for i in ok],
-                settled=self.faces.closeup if self.faces.closeup < 1 else None)
+                sizes)
+            found = self.detector.look_again(found, self._second_looks(
+                [items[i] for i in ok], pics, found, sizes), sizes)  # type: ignore[arg-type]
             for i, pic, det in zip(ok, pics, found, strict=True):
                 r = results[i]
                 r.faces_checked = True
@@ -181,6 +182,25 @@ class Analyzer:
                 else:
                     results[i].face_proba[k] = p
         return results
+
+
+    def _second_looks(self, items: list[DecodedItem], pics: list[Picture],
+                      found: list[Detections], sizes: list[tuple[int, int]]
+                      ) -> list[tuple[int, np.ndarray, float]]:
+        """The second looks the pictures' first looks call for, as
+        :meth:`FaceDetector.look_again` takes them. A picture that gets one is decoded again
+        when the decoder had shrunk it (:func:`finer_picture`), and ``pics`` then holds the finer
+        picture, so that its faces are cut from it too."""
+        assert self.detector is not None
+        spec = self.detector.spec
+        settled = self.faces.closeup if self.faces.closeup < 1 else None
+        looks = []
+        for j, (item, first, size) in enumerate(zip(items, found, sizes, strict=True)):
+            if self.detector.wants_second_look(first, size, settled):
+                pics[j] = pic = finer_picture(item, self.engine.spec, spec)
+                canvas, scale = letterbox(pic.image, spec, spec.fine_canvas)
+                looks.append((j, canvas, scale / pic.factor))
+        return looks
 
 
 def load_analyzer(model_path: str, precision: str, faces: FaceOptions, threads: int | None,

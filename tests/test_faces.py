@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from maskcore.cli import main
+from maskcore.decode import decode_refs, finer_picture
 from maskcore.detector import (
     DEFAULT_DETECTOR,
     Detections,
@@ -27,7 +28,8 @@ from maskcore.detector import (
 )
 from maskcore.evaluate import evaluate_run, iou_matrix
 from maskcore.faces import open_analyzer
-from maskcore.preprocess import crop_face, decode, face_region
+from maskcore.preprocess import DEFAULT_SPEC, crop_face, decode, face_region
+from maskcore.storage import LocalSource
 from tests.conftest import EXAMPLES
 from tests.helpers import encode, gradient
 
@@ -144,6 +146,28 @@ def test_a_large_picture_gets_a_second_finer_look(detector, face_box, tmp_path):
     _check(detector.detect([im])[0].xyxy, expected_boxes(face_box, places), 0.5)
     boxes = _job_boxes(tmp_path, "wide.jpg", encode(im, "JPEG", quality=92))
     _check(boxes, expected_boxes(face_box, places), 0.5)
+
+
+def test_a_photograph_the_decoder_shrank_is_decoded_again_for_its_second_look(
+        detector, face_box, tmp_path):
+    """A camera-sized JPEG is decoded a quarter of its size for the first look (1,000 px: the
+    decoder keeps both sides at least the 640 px canvas); its file is kept, and only because
+    the first look leaves it unsettled it is decoded again at least 1,280 px large, for the
+    second look and the crops. Its small faces are found where they were pasted."""
+    places = [(500, 750, 100), (3000, 1750, 120), (2250, 500, 110)]
+    data = encode(scene(places, size=(4000, 2600)), "JPEG", quality=90)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "camera.jpg").write_bytes(data)
+    source = LocalSource(tmp_path / "in")
+    item = decode_refs(source, list(source.list()), DEFAULT_SPEC, detector.spec)[0][0]
+    assert item.picture is not None and item.picture.image.width == 1000
+    assert item.data == data  # kept for a second look
+    finer = finer_picture(item, DEFAULT_SPEC, detector.spec)
+    assert finer.image.width == 2000 and (finer.width, finer.height) == (4000, 2600)
+    first_look_only = FaceDetector(device="cpu", threads=1, fine_canvas=0)
+    assert len(first_look_only.detect([item.picture.image], [item.picture.factor])[0]) == 0
+    shutil.rmtree(tmp_path / "in")
+    _check(_job_boxes(tmp_path, "camera.jpg", data), expected_boxes(face_box, places), 0.5)
 
 
 def test_a_close_up_is_not_looked_at_again(detector, face_box, tmp_path):
