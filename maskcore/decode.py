@@ -106,11 +106,16 @@ def decode_refs(source: Source, refs: list[Ref], spec: PreprocessSpec,
 def finer_picture(item: DecodedItem, spec: PreprocessSpec, faces: DetectorSpec) -> Picture:
     """The picture a second look is drawn from: the file decoded again at least
     ``faces.fine_canvas`` large when the decoder had shrunk it under that, else the one
-    decoded (``item.picture``)."""
+    decoded (``item.picture``). Should decoding it again fail, the picture decoded for the
+    first look serves: it runs inside a batch's analysis, where an exception would cost every
+    picture of the batch its row."""
+    assert item.picture is not None, "only a decoded picture gets a second look"
     if item.data is None:
-        assert item.picture is not None, "only a decoded picture gets a second look"
         return item.picture
-    return decode(item.data, spec, draft=faces.fine_canvas)
+    try:
+        return decode(item.data, spec, draft=faces.fine_canvas)
+    except ImageDecodeError:
+        return item.picture
 
 
 def stack_inputs(arrays: list[np.ndarray], spec: PreprocessSpec) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,10 @@ def test_a_photograph_the_decoder_shrank_is_decoded_again_for_its_second_look(
     assert len(first_look_only.detect([item.picture.image], [item.picture.factor])[0]) == 0
     shutil.rmtree(tmp_path / "in")
     _check(_job_boxes(tmp_path, "camera.jpg", data), expected_boxes(face_box, places), 0.5)
+    # bytes that no longer decode leave the picture of the first look, not an exception
+    # that would take the rows of its whole batch
+    broken = replace(item, data=data[: len(data) // 3])
+    assert finer_picture(broken, DEFAULT_SPEC, detector.spec) is item.picture
 
 
 def test_a_close_up_is_not_looked_at_again(detector, face_box, tmp_path):
