@@ -93,11 +93,12 @@ def decode_refs(source: Source, refs: list[Ref], spec: PreprocessSpec,
             else:
                 pic = decode(data, spec, draft=faces.canvas)
                 canvas, scale = letterbox(pic.image, faces)
-                shrunk = max(pic.image.size) < min(faces.fine_canvas, max(pic.width, pic.height))
-                out.append(DecodedItem(
-                    ref, digest, pic.width, pic.height, picture=pic, canvas=canvas,
-                    canvas_scale=scale,
-                    data=data if shrunk and faces.looks_finer(max(pic.width, pic.height)) else None))
+                longer = max(pic.width, pic.height)
+                finer = faces.looks_finer(longer) and \
+                    max(pic.image.size) < min(faces.fine_canvas, longer)
+                out.append(DecodedItem(ref, digest, pic.width, pic.height, picture=pic,
+                                       canvas=canvas, canvas_scale=scale,
+                                       data=data if finer else None))
         except ImageDecodeError as exc:
             out.append(DecodedItem(ref, sha256=digest, error=str(exc), error_kind=exc.kind))
     return out, time.perf_counter() - t0

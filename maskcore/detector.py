@@ -33,7 +33,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
@@ -84,6 +84,15 @@ class Detections:
         own: np.ndarray = (self.xyxy[:, 2] - self.xyxy[:, 0]) * (self.xyxy[:, 3] - self.xyxy[:, 1])
         return own
 
+    def main_face(self, share: float, size: tuple[int, int]) -> int:
+        """The index of the largest face when it covers at least ``share`` of a picture of
+        ``size`` (original pixels), else -1: a close-up's face (``maskcore.faces``)."""
+        if not len(self):
+            return -1
+        areas = self.areas
+        main = int(np.argmax(areas))
+        return main if areas[main] >= share * size[0] * size[1] else -1
+
 
 @dataclass(frozen=True)
 class DetectorSpec:
@@ -130,7 +139,7 @@ class DetectorSpec:
 
     @property
     def largest_canvas(self) -> int:
-        """The longest side a canvas can have: what a JPEG decoder may shrink a picture to."""
+        """The longest side a canvas can have (the second look's, when there is one)."""
         return max(self.canvas, self.fine_canvas)
 
     def looks_finer(self, longer: int) -> bool:
@@ -222,12 +231,7 @@ class FaceDetector:
         prepared = [letterbox(im, self.spec) for im in images]
         found = self.first_look([c for c, _ in prepared], [sc for _, sc in prepared], factor,
                                 sizes)
-        looks = []
-        for i, (im, size) in enumerate(zip(images, sizes, strict=True)):
-            if self.wants_second_look(found[i], size, settled):
-                canvas, sc = letterbox(im, self.spec, self.spec.fine_canvas)
-                looks.append((i, canvas, sc / factor[i]))
-        return self.look_again(found, looks, sizes)
+        return self.look_again(found, sizes, settled, lambda i: (images[i], factor[i]))
 
     def first_look(self, canvases: list[np.ndarray], scales: list[float],
                    factors: list[float] | None, sizes: list[tuple[int, int]]
@@ -244,21 +248,26 @@ class FaceDetector:
         """Whether a picture of ``size`` (original pixels) whose first look found ``first``
         gets the second: it must be larger than the canvas (:meth:`DetectorSpec.looks_finer`),
         and with ``settled``, its first look must not have found a face covering at least that
-        share of its area. The face stage passes its close-up share: such a face alone decides
-        the picture's verdict, so the small faces a second look adds around it change nothing
-        but the face rows, and it costs about four first looks and a finer decode (a phone's
-        photograph of one person is that picture)."""
-        w, h = size
-        if not self.spec.looks_finer(max(w, h)):
-            return False
-        return settled is None or not len(first) or float(first.areas.max()) < settled * w * h
+        share of it (:meth:`Detections.main_face`). The face stage passes its close-up share:
+        such a face alone decides the picture's verdict, so the small faces a second look adds
+        around it change nothing but the face rows, and it costs about four first looks and a
+        finer decode (a phone's photograph of one person is that picture)."""
+        return self.spec.looks_finer(max(size)) and \
+            (settled is None or first.main_face(settled, size) < 0)
 
-    def look_again(self, found: list[Detections],
-                   looks: list[tuple[int, np.ndarray, float]], sizes: list[tuple[int, int]]
-                   ) -> list[Detections]:
-        """``found`` with the second looks' faces merged in (:func:`merge_looks`). ``looks``:
-        (index in ``found``, the picture drawn by :func:`letterbox` at ``spec.fine_canvas``, its pixels
-        per original pixel)."""
+    def look_again(self, found: list[Detections], sizes: list[tuple[int, int]],
+                   settled: float | None,
+                   picture: Callable[[int], tuple[Image.Image, float]]) -> list[Detections]:
+        """``found`` (the first looks) with the faces of the second looks that
+        :meth:`wants_second_look` asks for merged in (:func:`merge_looks`). ``picture(i)``:
+        the picture to look at again for ``found[i]``, and its original pixels per pixel;
+        called only for the pictures that get a second look."""
+        looks = []
+        for i, (first, size) in enumerate(zip(found, sizes, strict=True)):
+            if self.wants_second_look(first, size, settled):
+                image, factor = picture(i)
+                canvas, scale = letterbox(image, self.spec, self.spec.fine_canvas)
+                looks.append((i, canvas, scale / factor))
         more = self._look([c for _, c, _ in looks], [sc for _, _, sc in looks],
                           [sizes[i] for i, _, _ in looks], self.spec.fine_canvas)
         out = list(found)

@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from maskcore.decode import DecodedItem, RefFacts, finer_picture, stack_inputs
-from maskcore.detector import Detections, DetectorSpec, FaceDetector, letterbox
+from maskcore.detector import DetectorSpec, FaceDetector
 from maskcore.engine import Device, Engine
 from maskcore.errors import UsageError
-from maskcore.preprocess import Picture, crop_face, to_input
+from maskcore.preprocess import crop_face, to_input
 from maskcore.settings import ENV
 
 __all__ = ["Analyzer", "FaceOptions", "PictureResult", "load_analyzer", "open_analyzer",
@@ -138,8 +139,15 @@ class Analyzer:
                 [items[i].canvas_scale for i in ok],
                 [p.factor for p in pics],  # type: ignore[union-attr]
                 sizes)
-            found = self.detector.look_again(found, self._second_looks(
-                [items[i] for i in ok], pics, found, sizes), sizes)  # type: ignore[arg-type]
+
+            def finer(j: int) -> tuple[Image.Image, float]:
+                # A picture that gets a second look is decoded again if the decoder had shrunk
+                # it, and its faces are then cut from the finer picture too.
+                pics[j] = pic = finer_picture(items[ok[j]], spec, self.detector.spec)  # type: ignore[union-attr]
+                return pic.image, pic.factor
+
+            found = self.detector.look_again(
+                found, sizes, self.faces.closeup if self.faces.closeup < 1 else None, finer)
             for i, pic, det in zip(ok, pics, found, strict=True):
                 r = results[i]
                 r.faces_checked = True
@@ -148,10 +156,8 @@ class Analyzer:
                     inputs.append(to_input(pic.image, spec))  # type: ignore[union-attr]
                     owners.append((i, -1))
                     continue
-                areas = det.areas
-                main = int(np.argmax(areas))
-                if areas[main] >= self.faces.closeup * pic.width * pic.height:  # type: ignore[union-attr]
-                    r.closeup_face = main
+                r.closeup_face = det.main_face(self.faces.closeup,
+                                               (pic.width, pic.height))  # type: ignore[union-attr]
                 for k, box in enumerate(det.xyxy):
                     if k == r.closeup_face:
                         # A close-up: the whole picture is its main face's crop, as close-ups
@@ -182,25 +188,6 @@ class Analyzer:
                 else:
                     results[i].face_proba[k] = p
         return results
-
-
-    def _second_looks(self, items: list[DecodedItem], pics: list[Picture],
-                      found: list[Detections], sizes: list[tuple[int, int]]
-                      ) -> list[tuple[int, np.ndarray, float]]:
-        """The second looks the pictures' first looks call for, as
-        :meth:`FaceDetector.look_again` takes them. A picture that gets one is decoded again
-        when the decoder had shrunk it (:func:`finer_picture`), and ``pics`` then holds the finer
-        picture, so that its faces are cut from it too."""
-        assert self.detector is not None
-        spec = self.detector.spec
-        settled = self.faces.closeup if self.faces.closeup < 1 else None
-        looks = []
-        for j, (item, first, size) in enumerate(zip(items, found, sizes, strict=True)):
-            if self.detector.wants_second_look(first, size, settled):
-                pics[j] = pic = finer_picture(item, self.engine.spec, spec)
-                canvas, scale = letterbox(pic.image, spec, spec.fine_canvas)
-                looks.append((j, canvas, scale / pic.factor))
-        return looks
 
 
 def load_analyzer(model_path: str, precision: str, faces: FaceOptions, threads: int | None,

@@ -79,9 +79,8 @@ def _decode_memory(spec: PreprocessSpec, faces: DetectorSpec | None) -> int:
     """Bytes a decode task may need: the largest allowed picture as RGBA, plus its batch."""
     h, w = spec.size
     # With the face stage an item holds the picture (at most about twice the canvas a side, as
-    # JPEG drafts), its uint8 canvas and, for a large JPEG, its file's bytes; the actor decodes
-    # some again for a second look (up to twice the larger canvas a side). Bounded by the
-    # larger canvas's 6 L^2 pixels.
+    # JPEG drafts), its uint8 canvas and, for a large JPEG, its file's bytes: counted as the
+    # larger canvas's 6 L^2 RGB pixels (30 MB at 1,280 px), which leaves room for the file.
     per_item = h * w * 3 * 4 if faces is None else faces.largest_canvas ** 2 * 3 * 6
     return spec.max_pixels * 4 + CHUNK * per_item * 2 + (64 << 20)
 
