@@ -26,7 +26,7 @@ from maskcore.decode import DecodedItem, RefFacts, finer_picture, stack_inputs
 from maskcore.detector import DetectorSpec, FaceDetector
 from maskcore.engine import Device, Engine
 from maskcore.errors import UsageError
-from maskcore.preprocess import crop_face, to_input
+from maskcore.preprocess import Picture, crop_face, to_input
 from maskcore.settings import ENV
 
 __all__ = ["Analyzer", "FaceOptions", "PictureResult", "load_analyzer", "open_analyzer",
@@ -116,57 +116,10 @@ class Analyzer:
         ok = [i for i, it in enumerate(items) if it.ok]
         if not ok:
             return results
-        spec = self.engine.spec
-        inputs: list[np.ndarray] = []
-        owners: list[tuple[int, int]] = []  # (result index, face index or -1 for the whole)
         if self.detector is None:
-            for i in ok:
-                whole = items[i].whole
-                if whole is None:  # decoded for the face stage: make the whole input from it
-                    pic = items[i].picture
-                    assert pic is not None, "a decoded item holds pixels in one form or the other"
-                    whole = to_input(pic.image, spec)
-                inputs.append(whole)
-                owners.append((i, -1))
+            inputs, owners = self._whole_inputs(items, ok)
         else:
-            pics = [items[i].picture for i in ok]
-            canvases = [items[i].canvas for i in ok]
-            assert all(p is not None for p in pics) and all(c is not None for c in canvases), \
-                "the face stage needs decoded pictures and their canvases"
-            sizes = [(p.width, p.height) for p in pics]  # type: ignore[union-attr]
-            found = self.detector.first_look(
-                canvases,  # type: ignore[arg-type]
-                [items[i].canvas_scale for i in ok],
-                [p.factor for p in pics],  # type: ignore[union-attr]
-                sizes)
-
-            def finer(j: int) -> tuple[Image.Image, float]:
-                # A picture that gets a second look is decoded again if the decoder had shrunk
-                # it, and its faces are then cut from the finer picture too.
-                pics[j] = pic = finer_picture(items[ok[j]], spec, self.detector.spec)  # type: ignore[union-attr]
-                return pic.image, pic.factor
-
-            found = self.detector.look_again(
-                found, sizes, self.faces.closeup if self.faces.closeup < 1 else None, finer)
-            for i, pic, det in zip(ok, pics, found, strict=True):
-                r = results[i]
-                r.faces_checked = True
-                r.boxes, r.face_scores = det.xyxy, det.score
-                if len(det) == 0:
-                    inputs.append(to_input(pic.image, spec))  # type: ignore[union-attr]
-                    owners.append((i, -1))
-                    continue
-                r.closeup_face = det.main_face(self.faces.closeup,
-                                               (pic.width, pic.height))  # type: ignore[union-attr]
-                for k, box in enumerate(det.xyxy):
-                    if k == r.closeup_face:
-                        # A close-up: the whole picture is its main face's crop, as close-ups
-                        # are seen in training.
-                        inputs.append(to_input(pic.image, spec))  # type: ignore[union-attr]
-                        owners.append((i, k))
-                        continue
-                    inputs.append(crop_face(pic, box, spec, self.margin))  # type: ignore[arg-type]
-                    owners.append((i, k))
+            inputs, owners = self._face_inputs(self.detector, items, ok, results)
         n_classes = len(self.engine.classes)
         for i in ok:
             r = results[i]
@@ -179,8 +132,8 @@ class Analyzer:
             picked = [j for j, w in enumerate(is_whole) if kind is None or w == kind]
             if not picked:
                 continue
-            proba = self.engine.predict(stack_inputs([inputs[j] for j in picked], spec),
-                                        whole=bool(kind))
+            proba = self.engine.predict(
+                stack_inputs([inputs[j] for j in picked], self.engine.spec), whole=bool(kind))
             for j, p in zip(picked, proba, strict=True):
                 i, k = owners[j]
                 if k < 0:
@@ -188,6 +141,65 @@ class Analyzer:
                 else:
                     results[i].face_proba[k] = p
         return results
+
+    def _whole_inputs(self, items: list[DecodedItem], ok: list[int]
+                      ) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+        """Every picture's whole input, owned by (its result index, -1)."""
+        inputs = []
+        for i in ok:
+            whole = items[i].whole
+            if whole is None:  # decoded for the face stage: make the whole input from it
+                pic = items[i].picture
+                assert pic is not None, "a decoded item holds pixels in one form or the other"
+                whole = to_input(pic.image, self.engine.spec)
+            inputs.append(whole)
+        return inputs, [(i, -1) for i in ok]
+
+    def _face_inputs(self, detector: FaceDetector, items: list[DecodedItem], ok: list[int],
+                     results: list[PictureResult]
+                     ) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+        """Finds the faces (filling each result's boxes) and returns the classifier's inputs,
+        each owned by (result index, face index), or (result index, -1) for a picture with no
+        face, classified whole."""
+        spec = self.engine.spec
+        pics: list[Picture] = []
+        canvases: list[np.ndarray] = []
+        for i in ok:
+            pic, canvas = items[i].picture, items[i].canvas
+            assert pic is not None and canvas is not None, \
+                "the face stage needs decoded pictures and their canvases"
+            pics.append(pic)
+            canvases.append(canvas)
+        sizes = [(p.width, p.height) for p in pics]
+        found = detector.first_look(canvases, [items[i].canvas_scale for i in ok],
+                                    [p.factor for p in pics], sizes)
+
+        def finer(j: int) -> tuple[Image.Image, float]:
+            # A picture that gets a second look is decoded again if the decoder had shrunk
+            # it, and its faces are then cut from the finer picture too.
+            pics[j] = pic = finer_picture(items[ok[j]], spec, detector.spec)
+            return pic.image, pic.factor
+
+        found = detector.look_again(
+            found, sizes, self.faces.closeup if self.faces.closeup < 1 else None, finer)
+        inputs: list[np.ndarray] = []
+        owners: list[tuple[int, int]] = []
+        for i, pic, det in zip(ok, pics, found, strict=True):
+            r = results[i]
+            r.faces_checked = True
+            r.boxes, r.face_scores = det.xyxy, det.score
+            if len(det) == 0:
+                inputs.append(to_input(pic.image, spec))
+                owners.append((i, -1))
+                continue
+            r.closeup_face = det.main_face(self.faces.closeup, (pic.width, pic.height))
+            for k, box in enumerate(det.xyxy):
+                # A close-up: the whole picture is its main face's crop, as close-ups are seen
+                # in training.
+                inputs.append(to_input(pic.image, spec) if k == r.closeup_face
+                              else crop_face(pic, box, spec, self.margin))
+                owners.append((i, k))
+        return inputs, owners
 
 
 def load_analyzer(model_path: str, precision: str, faces: FaceOptions, threads: int | None,
