@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -221,8 +222,16 @@ def test_memory_stays_flat_on_a_large_input(tmp_path, model_path):
 def test_make_batch_on_examples(tmp_path):
     """The README's first command, through make, as a person types it."""
     out = tmp_path / "res"
+    # As from a fresh shell: under `make test ARGS=...` make exports its command-line variables
+    # to every make below it (the environment and MAKEFLAGS), and pytest's ARGS would reach
+    # `maskcore batch`.
+    flags = os.environ.get("MAKEFLAGS", "")
+    given = {w.split("=", 1)[0] for w in re.split(r"(?<!\\) ", flags.partition(" -- ")[2])
+             if "=" in w}
+    env = {k: v for k, v in os.environ.items()
+           if k not in given | {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"}}
     r = subprocess.run(["make", "-s", "batch", "INPUT=examples/", f"OUTPUT={out}"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "with_mask" in r.stdout and "pictures/s" in r.stdout
     assert "maskcore report" in r.stdout  # where to look next
