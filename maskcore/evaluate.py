@@ -22,7 +22,6 @@ by-picture split (:func:`maskcore.voc.split_of_digest` of each row's sha256).
 
 from __future__ import annotations
 
-import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from maskcore.errors import UsageError
+from maskcore.metrics import ratio, wilson
 from maskcore.results import open_results
 from maskcore.voc import BoxFile, scan_voc, split_of_digest
 
@@ -102,7 +102,7 @@ class DetectionTally:
     def recalls(self) -> dict[str, float | None]:
         """Recall of the boxed faces at least each of :data:`SIZES` wide, named as the report
         names them (None where no face is that wide)."""
-        return {("recall" if s == 0 else f"recall_{s}px"): _ratio(self.found[s], self.boxed[s])
+        return {("recall" if s == 0 else f"recall_{s}px"): ratio(self.found[s], self.boxed[s])
                 for s in SIZES}
 
 
@@ -190,8 +190,8 @@ def _score(pictures: list[_Picture], split: str) -> dict[str, Any]:
         tp = sum(t == c and q == c for t, q in pairs)
         n_true = sum(t == c for t, _ in pairs)
         n_pred = sum(q == c for _, q in pairs)
-        per_class[c] = {"faces": n_true, "recall": _ratio(tp, n_true),
-                        "precision": _ratio(tp, n_pred), "recall_ci95": wilson(tp, n_true)}
+        per_class[c] = {"faces": n_true, "recall": ratio(tp, n_true),
+                        "precision": ratio(tp, n_pred), "recall_ci95": wilson(tp, n_true)}
     ap = {c: _average_precision(ap_dets[c], ap_gts[c]) for c in classes if ap_gts[c]}
     two = [(t, q) for t, q in pairs if t in ("with_mask", "without_mask")]
     n_pics = len(pictures)
@@ -206,43 +206,29 @@ def _score(pictures: list[_Picture], split: str) -> dict[str, Any]:
         "detection": {
             **tally.recalls(),
             "faces_24px": tally.boxed[24], "faces_32px": tally.boxed[32],
-            "precision": _ratio(tally.detections - tally.false_boxes, tally.detections),
+            "precision": ratio(tally.detections - tally.false_boxes, tally.detections),
             "false_boxes_per_picture": round(tally.false_boxes / n_pics, 3),
         },
         "labels": {
             "matched_faces": len(pairs),
-            "accuracy": _ratio(sum(t == q for t, q in pairs), len(pairs)),
-            "accuracy_with_without": _ratio(sum(t == q for t, q in two), len(two)),
+            "accuracy": ratio(sum(t == q for t, q in pairs), len(pairs)),
+            "accuracy_with_without": ratio(sum(t == q for t, q in two), len(two)),
             "per_class": per_class,
         },
         "average_precision": ap,
         "mean_average_precision": round(float(np.mean(list(ap.values()))), 4) if ap else None,
         "verdict": {
             "question": "is someone here not wearing a mask properly?",
-            "accuracy": _ratio(verdict_hits, n_pics),
+            "accuracy": ratio(verdict_hits, n_pics),
             "accuracy_ci95": wilson(verdict_hits, n_pics),
-            "recall": _ratio(verdict_tp, verdict_pos),
+            "recall": ratio(verdict_tp, verdict_pos),
             "recall_ci95": wilson(verdict_tp, verdict_pos),
             "pictures_with_someone_unmasked": verdict_pos,
-            "recall_ceiling": {str(w): _ratio(sum(x >= w for x in widest_unsafe), verdict_pos)
+            "recall_ceiling": {str(w): ratio(sum(x >= w for x in widest_unsafe), verdict_pos)
                                for w in CEILING_SIZES},
             "missed_widest_face_px": sorted(round(x, 1) for x in missed_widths),
         },
     }
-
-
-def _ratio(a: int, b: int) -> float | None:
-    return round(a / b, 4) if b else None
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
-    """The 95% Wilson score interval of k successes in n."""
-    if not n:
-        return None
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(centre - half, 4), round(centre + half, 4)]
 
 
 def _average_precision(dets: list[tuple[float, bool]], n_gt: int) -> float:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
-__all__ = ["evaluate", "roc_auc", "expected_calibration_error", "summary_line"]
+__all__ = ["evaluate", "expected_calibration_error", "ratio", "roc_auc", "summary_line", "wilson"]
 
 
 def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
@@ -102,3 +103,18 @@ def summary_line(metrics: dict[str, Any]) -> str:
         f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
         f"ROC AUC {metrics['roc_auc']:.4f}, ECE {metrics['ece']:.4f}, errors {metrics['errors']}"
     )
+
+
+def ratio(a: int, b: int) -> float | None:
+    """a / b to four places, or None when there is nothing to divide by."""
+    return round(a / b, 4) if b else None
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
+    """The 95% Wilson score interval of k successes in n (None for n = 0)."""
+    if not n:
+        return None
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(centre - half, 4), round(centre + half, 4)]
