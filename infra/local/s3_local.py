@@ -95,6 +95,8 @@ def demo() -> None:
                             "--out", str(report)], env={**os.environ, **ENV})
     if code:
         sys.exit(code)
+    print(f"the local S3 server at {ENDPOINT} keeps running with these objects; "
+          "`make s3-down` stops it")
 
 
 if __name__ == "__main__":
