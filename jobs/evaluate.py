@@ -36,12 +36,12 @@ def evaluate(results: Path, boxes: Path | None, classes: bool, split: str,
     """Score RESULTS (a batch job's --out folder) against boxes or class folders.
 
     \b
-    --boxes DIR (a run with --faces auto): faces match boxes at IoU >= 0.5.
-    Prints detection recall (all faces, >= 24 px, >= 32 px), precision and false
-    boxes a picture; label accuracy and per-class precision and recall on
-    matched faces; average precision per class and its mean; and the picture
-    verdict ("is someone here not wearing a mask properly?"): accuracy and
-    recall, with 95% Wilson intervals.
+    --boxes DIR: faces match boxes at IoU >= 0.5. Prints detection recall (all
+    faces, >= 24 px, >= 32 px), precision and false boxes a picture; label
+    accuracy and per-class precision and recall on matched faces; average
+    precision per class and its mean; and the picture verdict ("is someone here
+    not wearing a mask properly?"): accuracy and recall, with 95% Wilson
+    intervals. A run with --faces off has no faces: only its verdicts are scored.
 
     \b
     --classes (a run over ROOT/<class>/... folders, either --faces mode):

@@ -23,6 +23,7 @@ by-picture split (:func:`maskcore.voc.split_of_digest` of each row's sha256).
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -144,7 +145,14 @@ def evaluate_run(results: str | Path, boxes: str | Path, *, split: str = "all") 
     if not pictures:
         raise UsageError(f"no picture of {res} has a box file in {box_dir}"
                          + (f" in the {split} split" if split != "all" else ""))
-    return _score(pictures, split)
+    report = _score(pictures, split)
+    report["faces_mode"] = run.summary.get("faces_mode", "auto")
+    if report["faces_mode"] == "off":
+        # Pictures classified whole have no faces: zeros here would read as a detector that
+        # finds nothing. Their verdicts still answer the question, so those stay.
+        for key in ("detection", "labels", "average_precision", "mean_average_precision"):
+            report[key] = None
+    return report
 
 
 def _score(pictures: list[_Picture], split: str) -> dict[str, Any]:
@@ -252,9 +260,13 @@ def format_report(report: dict[str, Any]) -> str:
     def pct(x: float | None) -> str:
         return "  n/a" if x is None else f"{x:.3f}"
 
+    head = (f"{report['pictures']} pictures ({report['split']}), {report['boxed_faces']} boxed "
+            f"faces, {report['detections']} detections, IoU {report['iou']}")
+    if d is None:
+        return "\n".join([head, "the run classified every picture whole (--faces off): no faces "
+                          "to score, only its verdicts", ""] + _verdict_lines(v, pct))
     lines = [
-        f"{report['pictures']} pictures ({report['split']}), {report['boxed_faces']} boxed faces, "
-        f"{report['detections']} detections, IoU {report['iou']}",
+        head,
         "",
         "detection",
         f"  recall, all faces          {pct(d['recall'])}",
@@ -274,8 +286,11 @@ def format_report(report: dict[str, Any]) -> str:
     for c, ap in report["average_precision"].items():
         lines.append(f"  {c:<26} {ap:.3f}")
     lines.append(f"  {'mean':<26} {pct(report['mean_average_precision'])}")
-    lines += [
-        "",
+    return "\n".join(lines + [""] + _verdict_lines(v, pct))
+
+
+def _verdict_lines(v: dict[str, Any], pct: Callable[[float | None], str]) -> list[str]:
+    return [
         f"verdict: {v['question']}",
         f"  accuracy                   {pct(v['accuracy'])}   95% CI {v['accuracy_ci95']}",
         f"  recall                     {pct(v['recall'])}   95% CI {v['recall_ci95']}"
@@ -285,4 +300,3 @@ def format_report(report: dict[str, Any]) -> str:
         "  missed pictures, their widest unmasked face (px): "
         + (", ".join(f"{x:g}" for x in v["missed_widest_face_px"]) or "none"),
     ]
-    return "\n".join(lines)

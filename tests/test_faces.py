@@ -356,6 +356,19 @@ def test_evaluate_scores_a_run_against_voc_boxes(tmp_path, face_box):
     assert r.exit_code == 0 and "recall, faces >= 32 px" in r.output
     r = CliRunner().invoke(main, ["evaluate", str(tmp_path / "nowhere"), "--boxes", str(ann)])
     assert r.exit_code == 2 and "no manifest.jsonl" in r.output
+    # A run that classified pictures whole has no faces: its verdicts are scored, and no
+    # detection figures that would read as a detector finding nothing.
+    r = CliRunner().invoke(main, ["batch", str(images), "--out", str(tmp_path / "off"),
+                                  "--faces", "off", "--workers", "0", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    whole = evaluate_run(tmp_path / "off", tmp_path / "data")
+    assert whole["faces_mode"] == "off" and whole["detection"] is None and whole["labels"] is None
+    said = json.loads((tmp_path / "off" / "manifest.jsonl").read_text().split("\n")[0])
+    assert whole["verdict"]["recall"] == float(said["label"] in ("without_mask",
+                                                                  "mask_weared_incorrect"))
+    r = CliRunner().invoke(main, ["evaluate", str(tmp_path / "off"), "--boxes",
+                                  str(tmp_path / "data")])
+    assert r.exit_code == 0 and "--faces off" in r.output and "recall, faces" not in r.output
 
 
 def test_evaluate_tells_how_far_the_verdict_hangs_on_small_faces(tmp_path):
