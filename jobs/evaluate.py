@@ -17,7 +17,7 @@ __all__ = ["evaluate"]
 
 
 @click.command(short_help="Score a run against VOC boxes or class folders.")
-@click.argument("results", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("results")
 @click.option("--boxes", type=click.Path(file_okay=False, path_type=Path),
               help="Folder of VOC *.xml files (or a dataset folder with annotations/): score "
                    "the faces and the verdicts.")
@@ -31,9 +31,10 @@ __all__ = ["evaluate"]
               help="With --classes: the split.json (or its folder) to take --split from "
                    "[default: the one beside the model the run's summary names].")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def evaluate(results: Path, boxes: Path | None, classes: bool, split: str,
+def evaluate(results: str, boxes: Path | None, classes: bool, split: str,
              split_record: Path | None, as_json: bool) -> None:
-    """Score RESULTS (a batch job's --out folder) against boxes or class folders.
+    """Score RESULTS (a batch job's --out folder, or a worker's s3:// results
+    prefix) against boxes or class folders.
 
     \b
     --boxes DIR: faces match boxes at IoU >= 0.5. Prints detection recall (all

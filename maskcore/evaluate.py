@@ -115,25 +115,25 @@ class _Picture:
 
 
 def evaluate_run(results: str | Path, boxes: str | Path, *, split: str = "all") -> dict[str, Any]:
-    """Score the run in ``results`` (a batch job's output folder) against the VOC files in
-    ``boxes`` (a folder of ``*.xml``, or a dataset folder holding ``annotations/``).
+    """Score the run in ``results`` (a batch job's output folder, or a worker's ``s3://``
+    results prefix) against the VOC files in ``boxes`` (a folder of ``*.xml``, or a dataset
+    folder holding ``annotations/``).
 
     Raises:
         UsageError: the folders do not hold what is needed, or no picture could be scored.
     """
-    res = Path(results)
-    manifest, faces_file = res / "manifest.jsonl", res / "faces.jsonl"
-    if not manifest.is_file():
-        raise UsageError(f"{res}: no manifest.jsonl (give a batch job's --out folder)")
-    if not faces_file.is_file():
-        raise UsageError(f"{res}: no faces.jsonl; run the batch with --faces auto")
     if split not in ("all", "train", "val", "test"):
         raise UsageError(f"--split takes all, train, val or test, not {split!r}")
+    res = str(results)
+    local = None if res.startswith("s3://") else Path(res)
+    if local is not None and (local / "manifest.jsonl").is_file() \
+            and not (local / "faces.jsonl").is_file():
+        raise UsageError(f"{res}: no faces.jsonl; run the batch with --faces auto")
     box_dir = Path(boxes)
     if (box_dir / "annotations").is_dir():
         box_dir = box_dir / "annotations"
     voc = scan_voc(box_dir)
-    run = open_results(str(res))
+    run = open_results(res)
     pictures: list[_Picture] = []
     for row in run.rows:
         name = PurePosixPath(row["source"]).name

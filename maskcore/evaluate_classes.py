@@ -77,9 +77,8 @@ def _split_hashes(run: RunResults, split: str, record: Path | None) -> tuple[set
 
 def evaluate_classes(results: str | Path, *, split: str = "all",
                      split_record: str | Path | None = None) -> dict[str, Any]:
-    """Score the picture labels of the run in ``results`` (a batch job's ``--out`` folder, or
-    anything :func:`maskcore.results.open_results` reads) against the class folders its
-    pictures lie in.
+    """Score the picture labels of the run in ``results`` (a batch job's ``--out`` folder, or a
+    worker's ``s3://`` results prefix) against the class folders its pictures lie in.
 
     Args:
         results: the run's results.

@@ -269,3 +269,25 @@ def test_a_normal_run_says_what_it_does_and_nothing_else(bucket, model_path):
     events = [json.loads(line)["event"] for line in err.splitlines()]  # every line is ours
     assert events[0] == "start" and events[-1] == "stop"
     assert "credentials" not in err.lower() and "warn" not in err.lower()
+
+
+def test_a_workers_results_are_scored_against_class_prefixes(bucket, model_path):
+    """`maskcore evaluate s3://.../results/ --classes`: a labelled bucket (incoming/<class>/...)
+    scored where the worker left its results."""
+    examples = sorted((ROOT / "examples").glob("*.jpg"))
+    for p in examples:
+        folder = "without_mask" if p.name.startswith("without_mask") else "with_mask"
+        bucket.put_object(Bucket=BUCKET, Key=f"incoming/{folder}/{p.name}", Body=p.read_bytes())
+    bucket.put_object(Bucket=BUCKET, Key="incoming/notes.txt", Body=b"not a picture")
+    run_once(model_path, "--faces", "off")
+    rows = [r for r in manifest(bucket) if r["status"] == "ok"]
+    r = CliRunner().invoke(main, ["evaluate", RES, "--classes", "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output)
+    assert report["pictures"] == len(rows) == len(examples)
+    assert report["outside_classes"] == {"": 1}  # notes.txt, beside the class prefixes
+    right = sum(r["label"] == key_of(r).split("/")[1] for r in rows)
+    assert report["accuracy"] == round(right / len(rows), 4)
+    # A worker's summary names no local model: the split record must be given.
+    r = CliRunner().invoke(main, ["evaluate", RES, "--classes", "--split", "test"])
+    assert r.exit_code == 2 and "give --split-record" in r.output
