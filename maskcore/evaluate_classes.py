@@ -178,12 +178,13 @@ def format_class_report(report: dict[str, Any]) -> str:
                                                  for s, k in zip(labels, counts, strict=True)))
     notes = []
     if report["copies_counted_once"]:
-        notes.append(f"{report['copies_counted_once']} exact copies counted once")
+        notes.append(f"{_n(report['copies_counted_once'], 'exact copy', 'exact copies')} "
+                     "counted once")
     if report["errors"]:
-        notes.append(f"{report['errors']} error rows not scored")
+        notes.append(f"{_n(report['errors'], 'error row')} not scored")
     for folder, k in report["outside_classes"].items():
-        notes.append(f"{k} files outside any class folder, not scored" if not folder else
-                     f"{k} files in {folder}/, not a class of the model, not scored")
+        notes.append(f"{_n(k, 'file')} outside any class folder, not scored" if not folder
+                     else f"{_n(k, 'file')} in {folder}/, not a class of the model, not scored")
     if notes:
         lines += [""] + [f"  {s}" for s in notes]
     if report["wrong_pictures"]:
@@ -193,6 +194,10 @@ def format_class_report(report: dict[str, Any]) -> str:
                      if report["wrong"] > len(shown) else "")]
         for w in shown:
             score = "" if w["score"] is None else f" {w['score']:.3f}"
-            faces = "" if w["faces"] is None else f", {w['faces']} faces"
+            faces = "" if w["faces"] is None else f", {_n(w['faces'], 'face')}"
             lines.append(f"  {w['source']}: {w['label']}{score}{faces}")
     return "\n".join(lines)
+
+
+def _n(k: int, one: str, many: str | None = None) -> str:
+    return f"{k} {one if k == 1 else many or one + 's'}"

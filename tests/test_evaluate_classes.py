@@ -80,8 +80,8 @@ def test_a_run_over_class_folders_is_scored_picture_by_picture(tmp_path, dataset
         assert counts[c][col] == sum(r["label"] == c for r in mine)
     r = CliRunner().invoke(main, ["evaluate", str(tmp_path / "out"), "--classes"])
     assert r.exit_code == 0, r.output
-    assert f"({len(wrong)} wrong)" in r.output and "1 exact copies counted once" in r.output
-    assert "1 files in misc/, not a class of the model" in r.output
+    assert f"({len(wrong)} wrong)" in r.output and "1 exact copy counted once" in r.output
+    assert "1 file in misc/, not a class of the model" in r.output
 
 
 def test_uncertain_pictures_count_wrong(tmp_path, dataset, model_without_record):
