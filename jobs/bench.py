@@ -166,6 +166,11 @@ def bench(data: Path, model: str, limit: int, workers: int | None, device: str, 
             results["g"] = street["wall_seconds"]
             counts["g"] = street["total"]
             results["h"], counts["h"] = bench_detector(sorted(scenes.iterdir()), device, None)
+            camera = _camera_sized(sorted(scenes.iterdir())[:CAMERA_PICTURES], tmp / "camera")
+            big = run_batch(str(camera), tmp / "out_camera", model=model, device=device,
+                            precision=engine.precision, faces="auto", workers=workers,
+                            show_progress=False)
+            results["i"], counts["i"] = big["wall_seconds"], big["total"]
             results["h1"], counts["h1"] = bench_detector(sorted(scenes.iterdir()), device, 1)
 
         if _has("ray"):
@@ -216,6 +221,27 @@ def bench(data: Path, model: str, limit: int, workers: int | None, device: str, 
         click.echo(f"\nwritten to {write}", err=True)
 
 
+#: Street pictures enlarged to a camera's frame for stage (i): what a phone or a camera's
+#: full-size pictures cost, the detector's second look included (docs/MODEL.md).
+CAMERA_PICTURES = 40
+CAMERA_SIDE = 4032
+
+
+def _camera_sized(paths: list[Path], folder: Path) -> Path:
+    """``paths`` enlarged so that their longer side is :data:`CAMERA_SIDE`, as JPEG files in
+    ``folder`` (no more detail than the originals, the size and the cost of a camera's)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for i, p in enumerate(paths):
+        with Image.open(p) as im:
+            rgb = im.convert("RGB")
+        k = CAMERA_SIDE / max(rgb.size)
+        rgb.resize((round(rgb.width * k), round(rgb.height * k)),
+                   Image.Resampling.BICUBIC).save(folder / f"{i:03d}.jpg", quality=90)
+    return folder
+
+
 def _table(rate: dict[str, float], secs: dict[str, float], n: int, stages: dict) -> str:
     names = {
         "a": "(a) seeds: Keras, one picture per predict",
@@ -224,6 +250,8 @@ def _table(rate: dict[str, float], secs: dict[str, float], n: int, stages: dict)
         "cf": "(c') maskcore batch --faces auto (the default), end to end",
         "g": "(g) maskcore batch --faces auto on the street pictures (691), end to end",
         "h": "(h) face detector network alone, street pictures, canvas 640, all cores",
+        "i": f"(i) maskcore batch --faces auto on {CAMERA_PICTURES} street pictures enlarged "
+             f"to {CAMERA_SIDE:,} px (a camera's frame), end to end",
         "h1": "face detector network alone, 1 thread",
         "d": "(d) decode + preprocess alone",
         "e": "(e) ONNX Runtime inference alone",
@@ -236,8 +264,8 @@ def _table(rate: dict[str, float], secs: dict[str, float], n: int, stages: dict)
     }
     lines = ["| stage | seconds | pictures/s |", "| --- | ---: | ---: |"]
     goal_g = rate.get("g")
-    for k in ("a", "b", "c", "cf", "d", "e", "e_crops", "f", "g", "h", "d1", "e1", "e1_crops",
-              "e1f", "h1"):
+    for k in ("a", "b", "c", "cf", "d", "e", "e_crops", "f", "g", "h", "i", "d1", "e1",
+              "e1_crops", "e1f", "h1"):
         if k in rate:
             lines.append(f"| {names[k]} | {secs[k]:.2f} | {rate[k]:,.0f} |")
     lines += ["", "| ratio | measured | goal |", "| --- | ---: | ---: |"]
