@@ -89,6 +89,8 @@ def _from_s3_record(record: dict[str, Any], message_id: str | None) -> list[S3Ob
 
 
 def _from_eventbridge(event: dict[str, Any], message_id: str | None) -> list[S3Object]:
+    # Unlike S3 notifications, EventBridge carries the key as it is, not URL-encoded (as moto's
+    # emulation of both does): decoding it would turn a key's "+" into a space.
     detail = event.get("detail") or {}
     return [S3Object(bucket=detail["bucket"]["name"], key=detail["object"]["key"],
                     etag=str(detail["object"].get("etag", "")).strip('"'),

@@ -113,13 +113,16 @@ def test_sqs_wrapped_with_transient_and_permanent_failures(env, s3, monkeypatch)
 
 
 def test_eventbridge_and_results_prefix_is_ignored(env):
-    etag = put(env, "incoming/x.png", encode(gradient(seed=5), "PNG"))
+    # EventBridge carries the key as it is (S3 notifications URL-encode it): a space and a plus
+    # sign reach the handler unchanged and must not be decoded.
+    key = "incoming/x 1+1.png"
+    etag = put(env, key, encode(gradient(seed=5), "PNG"))
     own = put(env, "results/manifest.csv", b"source,status\n")
-    out = serverless.handler(eventbridge("incoming/x.png", etag), None)
-    assert out["classified"] == 1
+    out = serverless.handler(eventbridge(key, etag), None)
+    assert out == {"classified": 1, "duplicates": 0, "errors": 0}
     out = serverless.handler(eventbridge("results/manifest.csv", own), None)
     assert out == {"classified": 0, "duplicates": 0, "errors": 0}
-    assert [r["source"] for r in part_rows(env)] == [f"s3://{BUCKET}/incoming/x.png"]
+    assert [(r["source"], r["status"]) for r in part_rows(env)] == [(f"s3://{BUCKET}/{key}", "ok")]
 
 
 def test_scheduled_event_processes_the_backlog(env):
