@@ -165,13 +165,14 @@ def bench(data: Path, model: str, limit: int, workers: int | None, device: str, 
                                show_progress=False)
             results["g"] = street["wall_seconds"]
             counts["g"] = street["total"]
-            results["h"], counts["h"] = bench_detector(sorted(scenes.iterdir()), device, None)
-            camera = _camera_sized(sorted(scenes.iterdir())[:CAMERA_PICTURES], tmp / "camera")
+            street_paths = sorted(scenes.iterdir())
+            results["h"], counts["h"] = bench_detector(street_paths, device, None)
+            camera = _camera_sized(street_paths[:CAMERA_PICTURES], tmp / "camera")
             big = run_batch(str(camera), tmp / "out_camera", model=model, device=device,
                             precision=engine.precision, faces="auto", workers=workers,
                             show_progress=False)
             results["i"], counts["i"] = big["wall_seconds"], big["total"]
-            results["h1"], counts["h1"] = bench_detector(sorted(scenes.iterdir()), device, 1)
+            results["h1"], counts["h1"] = bench_detector(street_paths, device, 1)
 
         if _has("ray"):
             ray_summary = run_batch(str(tmp / "in"), tmp / "out_ray", model=model, device=device,
@@ -243,31 +244,30 @@ def _camera_sized(paths: list[Path], folder: Path) -> Path:
 
 
 def _table(rate: dict[str, float], secs: dict[str, float], n: int, stages: dict) -> str:
-    names = {
+    names = {  # in the table's order
         "a": "(a) seeds: Keras, one picture per predict",
         "b": "(b) Keras batched (predict, batch 64)",
         "c": "(c) maskcore batch --faces off, end to end",
         "cf": "(c') maskcore batch --faces auto (the default), end to end",
-        "g": "(g) maskcore batch --faces auto on the street pictures (691), end to end",
-        "h": "(h) face detector network alone, street pictures, canvas 640, all cores",
-        "i": f"(i) maskcore batch --faces auto on {CAMERA_PICTURES} street pictures enlarged "
-             f"to {CAMERA_SIDE:,} px (a camera's frame), end to end",
-        "h1": "face detector network alone, 1 thread",
         "d": "(d) decode + preprocess alone",
         "e": "(e) ONNX Runtime inference alone",
         "e_crops": "(e') ONNX Runtime inference alone, read as face crops (the face network)",
         "f": "(f) maskcore batch --runner ray (in-process Ray, same machine)",
+        "g": "(g) maskcore batch --faces auto on the street pictures (691), end to end",
+        "h": "(h) face detector network alone, street pictures, canvas 640, all cores",
+        "i": f"(i) maskcore batch --faces auto on {CAMERA_PICTURES} street pictures enlarged "
+             f"to {CAMERA_SIDE:,} px (a camera's frame), end to end",
         "d1": "decode + preprocess, 1 process",
         "e1": "ONNX Runtime inference, 1 thread",
         "e1_crops": "ONNX Runtime inference, 1 thread, read as face crops",
         "e1f": "ONNX Runtime inference, 1 thread, float32 (for comparison)",
+        "h1": "face detector network alone, 1 thread",
     }
     lines = ["| stage | seconds | pictures/s |", "| --- | ---: | ---: |"]
     goal_g = rate.get("g")
-    for k in ("a", "b", "c", "cf", "d", "e", "e_crops", "f", "g", "h", "i", "d1", "e1",
-              "e1_crops", "e1f", "h1"):
+    for k, name in names.items():
         if k in rate:
-            lines.append(f"| {names[k]} | {secs[k]:.2f} | {rate[k]:,.0f} |")
+            lines.append(f"| {name} | {secs[k]:.2f} | {rate[k]:,.0f} |")
     lines += ["", "| ratio | measured | goal |", "| --- | ---: | ---: |"]
     for a, b, goal in (("c", "a", 40), ("c", "b", 2), ("c", "d", 0.5), ("f", "c", None)):
         if a in rate and b in rate:

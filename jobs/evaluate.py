@@ -9,9 +9,8 @@ from pathlib import Path
 import click
 
 from maskcore.cli import run_command
-from maskcore.errors import UsageError
-from maskcore.evaluate import evaluate_run, format_report
-from maskcore.evaluate_classes import SPLITS, evaluate_classes, format_class_report
+from maskcore.evaluate import SPLITS, evaluate_run, format_report
+from maskcore.evaluate_classes import evaluate_classes, format_class_report
 
 __all__ = ["evaluate"]
 
@@ -52,16 +51,12 @@ def evaluate(results: str, boxes: Path | None, classes: bool, split: str,
     docs/MODEL.md are --classes --split test on the face-mask dataset.
     """
     if (boxes is None) == (not classes):
-        run_command(_refuse, "give one of --boxes DIR or --classes")
+        raise click.UsageError("give one of --boxes DIR or --classes")
     if split_record is not None and not classes:
-        run_command(_refuse, "--split-record goes with --classes")
+        raise click.UsageError("--split-record goes with --classes")
     if classes:
         report = run_command(evaluate_classes, results, split=split, split_record=split_record)
         click.echo(json.dumps(report, indent=2) if as_json else format_class_report(report))
     else:
         report = run_command(evaluate_run, results, boxes, split=split)
         click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
-
-
-def _refuse(message: str) -> None:
-    raise UsageError(message)

@@ -42,7 +42,11 @@ def run_quantize(model_dir: Path, data_dir: Path, *, workers: int | None = None)
     if card.whole_picture:
         raise ModelError(f"{model_dir} holds a paired model: quantize each model before "
                          f"`maskcore pair` joins them")
-    record = read_split_record(model_dir)
+    try:
+        record = read_split_record(model_dir)
+    except ModelError as exc:
+        raise ModelError(f"{exc}; `maskcore train` makes the int8 variant of such a model "
+                         "itself: train it again") from exc
     if len(record.get("datasets", {})) > 1:
         _log("the model was trained on several datasets: calibrating and checking on the "
              "folder-per-class one only")

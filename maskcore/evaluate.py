@@ -35,10 +35,12 @@ from maskcore.metrics import ratio, wilson
 from maskcore.results import open_results
 from maskcore.voc import BoxFile, scan_voc, split_of_digest
 
-__all__ = ["IOU", "SIZES", "UNSAFE", "DetectionTally", "evaluate_run", "format_report",
-           "iou_matrix", "match"]
+__all__ = ["IOU", "SIZES", "SPLITS", "UNSAFE", "DetectionTally", "evaluate_run",
+           "format_report", "iou_matrix", "match"]
 
 IOU = 0.5
+#: What ``--split`` can name: a part of a split, or ``all`` of the pictures.
+SPLITS = ("all", "train", "val", "test")
 SIZES = (0, 24, 32)  # recall is given for boxed faces at least this wide (px)
 #: Smallest face widths (px) for the verdict recall a perfect reader of faces that size reaches.
 CEILING_SIZES = (8, 12, 16, 24)
@@ -122,8 +124,8 @@ def evaluate_run(results: str | Path, boxes: str | Path, *, split: str = "all") 
     Raises:
         UsageError: the folders do not hold what is needed, or no picture could be scored.
     """
-    if split not in ("all", "train", "val", "test"):
-        raise UsageError(f"--split takes all, train, val or test, not {split!r}")
+    if split not in SPLITS:
+        raise UsageError(f"--split takes {', '.join(SPLITS)}, not {split!r}")
     res = str(results)
     local = None if res.startswith("s3://") else Path(res)
     if local is not None and (local / "manifest.jsonl").is_file() \

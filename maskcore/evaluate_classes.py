@@ -19,20 +19,17 @@ hash): the close-ups' test figures in docs/MODEL.md are ``--split test`` of the 
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from maskcore.errors import UsageError
+from maskcore.errors import ModelError, UsageError
+from maskcore.evaluate import SPLITS
 from maskcore.metrics import ratio, wilson
 from maskcore.results import RunResults, open_results
-from maskcore.split import SPLIT_FILE
+from maskcore.split import SPLIT_FILE, read_split_record
 
-__all__ = ["SPLITS", "evaluate_classes", "format_class_report", "true_class"]
-
-#: The parts ``--split`` can name; ``all`` keeps every picture.
-SPLITS = ("all", "train", "val", "test")
+__all__ = ["evaluate_classes", "format_class_report", "true_class"]
 
 #: How many wrongly read pictures the report lists (the JSON has them all).
 SHOWN_WRONG = 20
@@ -57,7 +54,8 @@ def true_class(source: str, run: RunResults) -> str:
 
 
 def _split_hashes(run: RunResults, split: str, record: Path | None) -> tuple[set[str], str]:
-    """The content hashes of one part of a split record, and the record's path."""
+    """The content hashes of one part of a split record (by default the one beside the model
+    the run's summary names), and where the record was read."""
     if record is None:
         model_path = run.summary.get("model_path")
         if not model_path or str(model_path).startswith("s3://"):
@@ -66,13 +64,12 @@ def _split_hashes(run: RunResults, split: str, record: Path | None) -> tuple[set
         record = Path(model_path).parent
     path = record / SPLIT_FILE if record.is_dir() else record
     try:
-        hashes = json.loads(path.read_text())["hashes"][split]
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read the split record {path}: {exc}") from exc
-    except (KeyError, TypeError) as exc:
-        raise UsageError(f"{path} names no {split!r} pictures of a folder-per-class split "
-                         f"(missing {exc})") from exc
-    return set(hashes), str(path)
+        hashes = read_split_record(path)["hashes"]
+    except ModelError as exc:
+        raise UsageError(str(exc)) from exc
+    if split not in hashes:
+        raise UsageError(f"{path} names no {split!r} pictures")
+    return set(hashes[split]), str(path)
 
 
 def evaluate_classes(results: str | Path, *, split: str = "all",

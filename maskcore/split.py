@@ -33,20 +33,21 @@ def write_split_record(model_dir: Path, record: dict[str, Any]) -> Path:
     return path
 
 
-def read_split_record(model_dir: Path) -> dict[str, Any]:
-    """A model's split record, with the ``hashes`` of its folder-per-class split.
+def read_split_record(location: Path) -> dict[str, Any]:
+    """A model's split record (``location``: the model's folder, or the record itself), with
+    the ``hashes`` of its folder-per-class split.
 
     Raises:
         ModelError: there is no readable record, or it names no folder-per-class split.
     """
-    path = model_dir / SPLIT_FILE
+    path = location / SPLIT_FILE if location.is_dir() else location
     try:
         record: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot read the split record {path}: {exc}") from exc
-    if "hashes" not in record:
-        raise ModelError(f"{path} records no folder-per-class split; `maskcore train` "
-                         "makes the int8 variant of such a model itself: train it again")
+    if not isinstance(record, dict) or not isinstance(record.get("hashes"), dict):
+        raise ModelError(f"{path} records no folder-per-class split (a model trained on box "
+                         "datasets alone has none)")
     return record
 
 
