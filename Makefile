@@ -68,8 +68,8 @@ lint: $(ALL_STAMP)  ## ruff over the code, mypy (strict) over the library
 	$(BIN)/ruff check maskcore jobs tests
 	$(BIN)/mypy
 
-audit: $(INFER_STAMP)  ## audit a folder-per-class dataset: make audit DATA=dir
-	$(BIN)/maskcore audit $(firstword $(DATA)) $(ARGS)
+audit: $(INFER_STAMP)  ## audit each dataset (class folders or VOC boxes): make audit [DATA="dir dir"]
+	@for d in $(DATA); do echo "== $$d"; $(BIN)/maskcore audit "$$d" $(ARGS) || exit $$?; done
 
 train: $(ALL_STAMP)  ## train the face and close-up networks and pair them: make train [DATA="dir dir"] [CLOSEUPS=dir] [OUT=dir]
 ifeq ($(strip $(CLOSEUPS)),)

@@ -1,17 +1,20 @@
-"""``maskcore audit DATA_DIR``: what a folder-per-class dataset holds, before training on it."""
+"""``maskcore audit DATA_DIR``: what a dataset holds (folder-per-class, or Pascal VOC boxes),
+before training on it."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
+from maskcore.boxdata import audit_boxes, format_box_audit, is_box_dataset, load_box_dataset
 from maskcore.cli import run_command
 from maskcore.dataset import audit as audit_report
 from maskcore.dataset import format_audit, inspect, scan
 
-SHORT_HELP = "Audit a dataset: balance, sizes, duplicates, unreadable files."
+SHORT_HELP = "Audit a dataset (class folders or VOC boxes) before training."
 
 
 @click.command(short_help=SHORT_HELP)
@@ -21,16 +24,30 @@ SHORT_HELP = "Audit a dataset: balance, sizes, duplicates, unreadable files."
 @click.option("--workers", type=int, default=None,
               help="Processes that read and decode files [default: all cores].")
 def audit(data_dir: Path, json_path: Path | None, workers: int | None) -> None:
-    """Audit a folder-per-class dataset: balance, sizes, formats, duplicates, unreadable files.
+    """Audit a dataset before training on it, as `maskcore train` reads it.
 
-    DATA_DIR holds one sub-folder per class (sorted names are the labels). Every file is read once,
-    hashed, and decoded with the same preprocessing the model uses.
+    \b
+    A folder-per-class DATA_DIR (one sub-folder per class; sorted names are
+    the labels): files per class, balance, sizes, formats, duplicates and
+    unreadable files. Every file is read once, hashed, and decoded with the
+    same preprocessing the model uses.
+    \b
+    A box dataset (DATA_DIR/images/ and DATA_DIR/annotations/ with Pascal VOC
+    files, like face-mask-scenes): faces per class, width and split (the
+    split is by picture), boxes over a picture's edge or left out, exact
+    copies, VOC files without a picture, pictures without a VOC file and
+    unreadable ones. Every box is cut as training cuts it.
     """
     def _run() -> None:
-        index = scan(data_dir)
-        infos, _ = inspect(index, workers=workers)
-        report = audit_report(index, infos)
-        click.echo(format_audit(report))
+        report: dict[str, Any]
+        if is_box_dataset(data_dir):
+            report = audit_boxes(load_box_dataset(data_dir, workers=workers))
+            click.echo(format_box_audit(report))
+        else:
+            index = scan(data_dir)
+            infos, _ = inspect(index, workers=workers)
+            report = audit_report(index, infos)
+            click.echo(format_audit(report))
         if json_path:
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(json.dumps(report, indent=2) + "\n")

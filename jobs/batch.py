@@ -27,7 +27,7 @@ SHORT_HELP = "Classify a folder, a file or an s3:// prefix into a manifest."
 @click.command(short_help=SHORT_HELP)
 @click.argument("input_spec", metavar="INPUT")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for manifest.jsonl, manifest.csv and summary.json.")
+              help="Folder for the results: manifest.jsonl/csv, faces.jsonl/csv and summary.json.")
 @serving_options
 @click.option("--format", "formats", default="jsonl,csv", show_default=True,
               help="Manifest formats, comma-separated: jsonl, csv.")

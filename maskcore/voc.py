@@ -41,6 +41,8 @@ class BoxFile:
     width: int
     height: int
     boxes: tuple[VocBox, ...]
+    clipped: int = 0  # boxes that ran over the picture's edge, kept cut to it
+    dropped: int = 0  # boxes left out: no class, no area after clipping, or no coordinates
 
 
 def read_voc(path: str | Path) -> BoxFile:
@@ -55,26 +57,36 @@ def read_voc(path: str | Path) -> BoxFile:
     except (OSError, ET.ParseError) as exc:
         raise DatasetError(f"{p}: not a readable VOC file ({exc})") from exc
     name = (root.findtext("filename") or "").strip() or p.stem + ".jpg"
-    width = int(float(root.findtext("size/width") or 0))
-    height = int(float(root.findtext("size/height") or 0))
+    try:
+        width = int(float(root.findtext("size/width") or 0))
+        height = int(float(root.findtext("size/height") or 0))
+    except (ValueError, OverflowError) as exc:
+        raise DatasetError(f"{p}: the picture's size is not a number ({exc})") from exc
     boxes = []
+    clipped = dropped = 0
     for obj in root.iter("object"):
         label = (obj.findtext("name") or "").strip()
         bb = obj.find("bndbox")
         if not label or bb is None:
+            dropped += 1
             continue
         try:
             x0, y0, x1, y1 = (float(bb.findtext(k) or "nan") for k in ("xmin", "ymin", "xmax",
                                                                         "ymax"))
         except ValueError:
+            dropped += 1
             continue
+        given = (x0, y0, x1, y1)
         if width and height:
             x0, x1 = max(0.0, min(x0, width)), max(0.0, min(x1, width))
             y0, y1 = max(0.0, min(y0, height)), max(0.0, min(y1, height))
         if not (x1 > x0 and y1 > y0):  # degenerate (or NaN): nothing to learn or match
+            dropped += 1
             continue
+        clipped += given != (x0, y0, x1, y1)
         boxes.append(VocBox(label, (x0, y0, x1, y1)))
-    return BoxFile(name=name, width=width, height=height, boxes=tuple(boxes))
+    return BoxFile(name=name, width=width, height=height, boxes=tuple(boxes),
+                   clipped=clipped, dropped=dropped)
 
 
 def scan_voc(annotations: str | Path) -> dict[str, BoxFile]:

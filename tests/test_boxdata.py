@@ -65,9 +65,10 @@ def make_voc(root: Path, pictures: int = 36) -> Path:
 
 def test_voc_boxes_are_clipped_and_degenerate_ones_dropped(tmp_path):
     root = make_voc(tmp_path / "voc", pictures=1)
-    boxes = read_voc(root / "annotations" / "p000.xml").boxes
-    assert len(boxes) == 4
-    assert boxes[-1].xyxy == (140.0, 100.0, 160.0, 120.0)
+    voc = read_voc(root / "annotations" / "p000.xml")
+    assert len(voc.boxes) == 4
+    assert voc.boxes[-1].xyxy == (140.0, 100.0, 160.0, 120.0)
+    assert (voc.clipped, voc.dropped) == (1, 1)
 
 
 def test_faces_of_one_picture_share_its_split_and_crops_match_serving(tmp_path):
@@ -140,3 +141,35 @@ def test_a_two_class_model_still_serves_the_face_stage(tmp_path):
             if x]
     assert [r["faces"] for r in rows] == [1, 0]
     assert all(set(r["probabilities"]) == {"with_mask", "without_mask"} for r in rows)
+
+
+def test_audit_command_on_a_box_dataset(tmp_path):
+    root = make_voc(tmp_path / "voc", pictures=6)
+    # A copy of a picture under another name (with its boxes), a VOC file whose picture is
+    # gone, a picture nobody boxed, and a box with no coordinates.
+    (root / "images" / "copy.png").write_bytes((root / "images" / "p000.png").read_bytes())
+    xml = (root / "annotations" / "p000.xml").read_text()
+    (root / "annotations" / "copy.xml").write_text(xml.replace("p000.png", "copy.png"))
+    (root / "annotations" / "gone.xml").write_text(xml.replace("p000.png", "gone.png"))
+    Image.new("RGB", (40, 30)).save(root / "images" / "unboxed.png")
+    (root / "annotations" / "p001.xml").write_text(
+        (root / "annotations" / "p001.xml").read_text().replace(
+            "</annotation>", "<object><name>with_mask</name><bndbox><xmin>3</xmin>"
+            "</bndbox></object></annotation>"))
+    out = tmp_path / "audit.json"
+    r = CliRunner().invoke(main, ["audit", str(root), "--json", str(out), "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    assert "box dataset voc: 7 pictures, 28 faces" in r.output
+    report = json.loads(out.read_text())
+    assert report["faces_per_class"] == {"mask_weared_incorrect": 7, "with_mask": 14,
+                                         "without_mask": 7}
+    # every picture has one box over its edge and one with no width; p001 one without corners
+    assert report["boxes_clipped"] == 7 and report["boxes_dropped"] == 8
+    assert report["redundant_copies"] == 1
+    assert report["without_picture"] == ["gone.xml"]
+    assert report["without_boxes"] == ["unboxed.png"]
+    assert "VOC files whose picture is missing: 1 (first: gone.xml)" in r.output
+    # a copy takes its original's split, faces and all
+    digest = hashlib.sha256((root / "images" / "copy.png").read_bytes()).hexdigest()
+    assert sum(report["faces_per_split"].values()) == 28
+    assert report["faces_per_split"][split_of_digest(digest)] >= 8
