@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from maskcore.boxdata import is_box_dataset
 from maskcore.errors import DatasetError, ImageDecodeError
 from maskcore.pool import default_workers, make_pool
 from maskcore.preprocess import DEFAULT_SPEC, PreprocessSpec, load
@@ -89,7 +90,11 @@ def scan(root: str | os.PathLike[str]) -> DatasetIndex:
         else:
             stray.append(entry.name)
     if not classes:
-        raise DatasetError(f"no class folders under {root_path} (expected ROOT/<class>/<pictures>)")
+        hint = "expected ROOT/<class>/<pictures>, or a box dataset: ROOT/images/ and " \
+            "ROOT/annotations/ (Pascal VOC)"
+        if is_box_dataset(root_path.parent):
+            hint = f"it is the {root_path.name}/ of the box dataset {root_path.parent}: give that"
+        raise DatasetError(f"no class folders under {root_path} ({hint})")
     samples: list[Sample] = []
     for label, name in enumerate(classes):
         # The walk the batch job's input uses: iterative, each folder once, hidden skipped; a

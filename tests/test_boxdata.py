@@ -173,3 +173,6 @@ def test_audit_command_on_a_box_dataset(tmp_path):
     digest = hashlib.sha256((root / "images" / "copy.png").read_bytes()).hexdigest()
     assert sum(report["faces_per_split"].values()) == 28
     assert report["faces_per_split"][split_of_digest(digest)] >= 8
+    # Pointed at the pictures' folder, it names the dataset to give instead.
+    r = CliRunner().invoke(main, ["audit", str(root / "images")])
+    assert r.exit_code == 2 and f"of the box dataset {root}: give that" in r.output, r.output
