@@ -16,6 +16,20 @@ BUNDLED_MODEL = ROOT / "models" / "model.onnx"
 EXAMPLES = ROOT / "examples"
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A passing run's temporary folders go (``tmp_path_retention_policy``), but pytest keeps
+    their per-user parent (``/tmp/pytest-of-<user>``) even when it is left empty: remove it then,
+    so that a run leaves nothing behind. Runs after pytest's own clean-up (trylast)."""
+    factory = session.config._tmp_path_factory
+    basetemp = factory._basetemp  # None when no test used tmp_path
+    if basetemp is not None and factory._given_basetemp is None:  # not a --basetemp's parent
+        try:
+            basetemp.parent.rmdir()  # only if empty: a failed run's folders, or another run's, stay
+        except OSError:
+            pass
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
     """moto in server mode on 127.0.0.1 (a free port), spoken to over real HTTP by boto3."""
