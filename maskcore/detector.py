@@ -84,6 +84,19 @@ class Detections:
         own: np.ndarray = (self.xyxy[:, 2] - self.xyxy[:, 0]) * (self.xyxy[:, 3] - self.xyxy[:, 1])
         return own
 
+    def without_parts_of(self, main: int, share: float) -> tuple[Detections, int]:
+        """These faces less the other boxes that lie at least ``share`` of their own area over
+        box ``main``, and ``main``'s index among those kept."""
+        box = self.xyxy[main]
+        w = np.clip(np.minimum(self.xyxy[:, 2], box[2]) - np.maximum(self.xyxy[:, 0], box[0]), 0,
+                    None)
+        h = np.clip(np.minimum(self.xyxy[:, 3], box[3]) - np.maximum(self.xyxy[:, 1], box[1]), 0,
+                    None)
+        own = (self.xyxy[:, 2] - self.xyxy[:, 0]) * (self.xyxy[:, 3] - self.xyxy[:, 1])
+        keep = w * h < share * own
+        keep[main] = True
+        return self[keep], int(np.count_nonzero(keep[:main]))
+
     def main_face(self, share: float, size: tuple[int, int]) -> int:
         """The index of the largest face when it covers at least ``share`` of a picture of
         ``size`` (original pixels), else -1: a close-up's face (``maskcore.faces``)."""

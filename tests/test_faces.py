@@ -190,6 +190,32 @@ def test_a_close_up_is_not_looked_at_again(detector, face_box, tmp_path):
     _check(boxes, expected_boxes(face_box, [close]), 0.5)
 
 
+def test_a_close_up_face_is_one_face_row(detector, tmp_path):
+    """The detector, tuned on small street faces, boxes a part of this close-up's face again
+    beside the whole face; in a close-up such a box is no face of its own, so the face rows
+    hold the face once (and the part still comes out where the picture is no close-up)."""
+    picture = decode(FACE.read_bytes())
+    found = detector.detect([picture.image])[0]
+    assert len(found) >= 2, "the network no longer boxes a part of this face: pick another"
+    main = found.main_face(0.2, (picture.width, picture.height))
+    assert main >= 0
+    assert len(_job_boxes(tmp_path, FACE.name, FACE.read_bytes())) == 1
+
+
+def test_parts_of_the_main_face_are_told_by_how_much_of_them_lies_over_it():
+    faces = Detections(np.array([[100, 100, 300, 300],   # the main face
+                                 [200, 100, 320, 300],   # its right half and a little more
+                                 [280, 100, 400, 300],   # beside it, a sixth of it over it
+                                 [10, 10, 40, 40]],      # a face elsewhere
+                                np.float32), np.array([0.7, 0.9, 0.8, 0.6], np.float32))
+    kept, main = faces.without_parts_of(0, 0.3)
+    assert kept.xyxy.tolist() == [[100, 100, 300, 300], [280, 100, 400, 300], [10, 10, 40, 40]]
+    assert main == 0 and kept.score.tolist() == pytest.approx([0.7, 0.8, 0.6])
+    kept, main = faces.without_parts_of(1, 0.3)  # the main face's index follows it
+    assert main == 0 and kept.xyxy[main].tolist() == [200, 100, 320, 300]
+    assert len(faces.without_parts_of(0, 0.1)[0]) == 2
+
+
 def test_two_looks_merge_into_one_box_a_face():
     """The finer look adds the faces the first missed; a face both saw keeps its best box; a
     wide box of the finer look is left to the first (the network's false giants live there)."""
