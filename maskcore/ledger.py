@@ -18,26 +18,29 @@ pass tries them again.
 from __future__ import annotations
 
 import io
-import json
 import os
 import socket
+import tempfile
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from maskcore.clock import file_stamp, utc_now
-from maskcore.manifest import (
-    FACE_FIELDS,
-    Tally,
-    is_transient,
-    read_jsonl,
-    rows_to_csv,
-    rows_to_jsonl,
-    split_faces,
-)
+from maskcore.manifest import ManifestWriter, is_transient, read_jsonl, rows_to_jsonl
 from maskcore.results import REPORT_NAME
 from maskcore.storage import Ref, S3Store
 
 __all__ = ["ResultsStore", "etag_field"]
+
+#: GETs in flight while the ledger reads parts, and parts read per window (see refresh).
+READ_THREADS = 16
+READ_WINDOW = 64
+
+#: The consolidated files, in the order they are rewritten, and their content types.
+CONSOLIDATED = (("manifest.jsonl", "application/x-ndjson"), ("manifest.csv", "text/csv"),
+                ("faces.jsonl", "application/x-ndjson"), ("faces.csv", "text/csv"),
+                ("summary.json", "application/json"))
 
 
 def etag_field(ref: Ref) -> dict[str, str]:
@@ -72,8 +75,7 @@ class ResultsStore:
         self._latest: dict[str, dict[str, Any]] = {}  # source URL -> latest row
 
     #: What this store writes beside its parts (each at the results prefix).
-    OUTPUTS = ("manifest.jsonl", "manifest.csv", "faces.jsonl", "faces.csv", "summary.json",
-               REPORT_NAME)
+    OUTPUTS = (*(name for name, _ in CONSOLIDATED), REPORT_NAME)
 
     def owns(self, bucket: str, key: str) -> bool:
         """Whether an object is one this results prefix holds (its parts and consolidated
@@ -87,13 +89,26 @@ class ResultsStore:
     # --- the ledger -----------------------------------------------------------------------
 
     def refresh(self) -> None:
-        """Read the parts written since the last refresh (by any worker)."""
-        for ref in self.store.list(self.parts_prefix):
-            if ref.key in self._seen_parts or not ref.key.endswith(".jsonl"):
-                continue
-            data, _ = self.store.get(ref.key)
-            self._absorb(_parse_rows(data))
-            self._seen_parts.add(ref.key)
+        """Read the parts written since the last refresh (by any worker), in listing order.
+
+        A worker that starts reads every part of its model, one a batch it or another worker
+        ever wrote: a year of nightly 10,000-picture runs is some 57,000 parts, and one GET at a
+        time that is 57,000 round trips (half an hour at 30 ms). So ``READ_THREADS`` GETs are in
+        flight at once, a window of ``READ_WINDOW`` parts at a time, so that no more than that
+        many parts' bytes are held.
+        """
+        new = [ref.key for ref in self.store.list(self.parts_prefix)
+               if ref.key not in self._seen_parts and ref.key.endswith(".jsonl")]
+        if not new:
+            return
+        _ = self.store.client  # made once, here; boto3's clients are safe to share by threads
+        with ThreadPoolExecutor(min(READ_THREADS, len(new))) as pool:
+            for start in range(0, len(new), READ_WINDOW):
+                window = new[start:start + READ_WINDOW]
+                for key, (data, _etag) in zip(window, pool.map(self.store.get, window),
+                                              strict=True):
+                    self._absorb(_parse_rows(data))
+                    self._seen_parts.add(key)
 
     def is_done(self, url: str, etag: str) -> bool:
         """Whether a row for this object content (``s3://bucket/key`` and ETag) already exists
@@ -122,31 +137,33 @@ class ResultsStore:
         return key
 
     def consolidate(self, extra_summary: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Rewrite manifest.jsonl, manifest.csv and summary.json from every part of this model."""
-        self.refresh()
-        rows, faces = split_faces(self._latest[s] for s in sorted(self._latest))
-        tally = Tally()
-        for r in rows:
-            tally.add(r)
-        summary = {
-            **tally.to_dict(),
-            "model_id": self.model_id,
-            "parts": len(self._seen_parts),
-            "results": self.store.location.url,
-            "consolidated_at": utc_now("seconds"),
-            **(extra_summary or {}),
-        }
-        loc = self.store.location
-        self.store.put(loc.join("manifest.jsonl"), rows_to_jsonl(rows), "application/x-ndjson")
-        self.store.put(loc.join("manifest.csv"), rows_to_csv(rows, self.classes, ("etag",)),
-                       "text/csv")
-        self.store.put(loc.join("faces.jsonl"), rows_to_jsonl(faces), "application/x-ndjson")
-        self.store.put(loc.join("faces.csv"),
-                       rows_to_csv(faces, self.classes, ("etag",), FACE_FIELDS), "text/csv")
-        self.store.put(loc.join("summary.json"), (json.dumps(summary, indent=2) + "\n").encode(),
-                       "application/json")
-        return summary
+        """Rewrite manifest.jsonl/csv, faces.jsonl/csv and summary.json from every part of this
+        model; returns the summary.
 
+        The files are written a row at a time by the batch job's own writer into a local
+        temporary folder, and uploaded from there. Built in memory, they took 3.7 KB a street
+        picture (4 faces) on top of the ledger's own 5.0 KB (0.4 KB now), and a results prefix
+        that lives for years outgrows a single PUT's 5 GB (faces.jsonl holds 1.4 KB a street
+        picture).
+        """
+        self.refresh()
+        loc = self.store.location
+        with tempfile.TemporaryDirectory(prefix="maskcore-consolidate-") as tmp:
+            writer = ManifestWriter(tmp, self.classes, extra_fields=("etag",))
+            for source in sorted(self._latest):
+                writer.write(self._latest[source])
+            summary = {
+                **writer.tally.to_dict(),
+                "model_id": self.model_id,
+                "parts": len(self._seen_parts),
+                "results": loc.url,
+                "consolidated_at": utc_now("seconds"),
+                **(extra_summary or {}),
+            }
+            writer.close(summary)
+            for name, content_type in CONSOLIDATED:
+                self.store.put_file(loc.join(name), Path(tmp) / name, content_type)
+        return summary
 
 def _parse_rows(data: bytes) -> list[dict[str, Any]]:
     """The rows of a part. A part is PUT whole, so a line that is not a row is someone else's

@@ -13,7 +13,6 @@ looks finished.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import sys
@@ -41,7 +40,6 @@ __all__ = [
     "error_row",
     "ok_row",
     "read_jsonl",
-    "rows_to_csv",
     "rows_to_jsonl",
     "utc_now",
     "verdict_of",
@@ -245,18 +243,6 @@ def is_transient(row: dict[str, Any]) -> bool:
     return row.get("status") == "error" and row.get("error_kind", "read") == "read"
 
 
-def split_faces(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]],
-                                                          list[dict[str, Any]]]:
-    """Picture rows without their face rows, and all the face rows, in order."""
-    pictures: list[dict[str, Any]] = []
-    faces: list[dict[str, Any]] = []
-    for row in rows:
-        row = dict(row)
-        faces += row.pop(FACE_ROWS, None) or []
-        pictures.append(row)
-    return pictures, faces
-
-
 def csv_header(classes: list[str], extra_fields: tuple[str, ...] = (),
                fields: tuple[str, ...] = FIELDS) -> list[str]:
     """CSV columns: the row fields with ``probabilities`` spread over ``p_<class>`` columns and
@@ -342,18 +328,6 @@ def _shared(record: dict[str, Any]) -> dict[str, Any]:
             value = [_shared(v) if isinstance(v, dict) else v for v in value]
         out[sys.intern(key)] = value
     return out
-
-
-def rows_to_csv(rows: Iterable[dict[str, Any]], classes: list[str],
-                extra_fields: tuple[str, ...] = (), fields: tuple[str, ...] = FIELDS) -> bytes:
-    """Rows as CSV bytes, with a header."""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=csv_header(classes, extra_fields, fields),
-                       lineterminator="\r\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: csv_safe(v) for k, v in _csv_record(r, classes).items()})
-    return buf.getvalue().encode()
 
 
 class Tally:

@@ -376,6 +376,20 @@ class S3Store:
         except (BotoCoreError, ClientError) as exc:
             raise StorageError(f"cannot write {self.url_of(key)}: {_reason(exc)}") from exc
 
+    def put_file(self, key: str, path: str | os.PathLike[str],
+                 content_type: str = "application/octet-stream") -> None:
+        """Write a whole object from a local file. A large file goes up in parts (a multipart
+        upload: no less atomic, the object appears when it is complete), so a file of any size
+        can be written, past a single PUT's 5 GB and without holding its bytes in memory."""
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.upload_file(os.fspath(path), self.location.bucket, key,
+                                    ExtraArgs={"ContentType": content_type})
+        except (BotoCoreError, ClientError, S3UploadFailedError) as exc:
+            raise StorageError(f"cannot write {self.url_of(key)}: {_reason(exc)}") from exc
+
     def delete(self, key: str) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 

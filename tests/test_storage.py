@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from maskcore.errors import StorageError, UsageError
@@ -88,3 +89,19 @@ def test_s3_listing_skips_folder_markers_and_reads_by_key(s3_client):
     with pytest.raises(StorageError) as err:
         store.get("in/none.jpg")
     assert err.value.kind == "not_found"
+
+
+def test_a_file_larger_than_one_upload_part_is_written_whole(s3_client, tmp_path):
+    """put_file sends a file over boto3's 8 MB threshold as a multipart upload: the object is
+    the file, byte for byte, with its content type; a bucket that is not there is a
+    StorageError that names the object."""
+    s3_client.create_bucket(Bucket="big-files")
+    data = np.random.default_rng(0).integers(0, 256, 9 * 2**20, dtype=np.uint8).tobytes()
+    path = tmp_path / "faces.jsonl"
+    path.write_bytes(data)
+    S3Store("s3://big-files/res/").put_file("res/faces.jsonl", path, "application/x-ndjson")
+    obj = s3_client.get_object(Bucket="big-files", Key="res/faces.jsonl")
+    assert obj["Body"].read() == data and obj["ContentType"] == "application/x-ndjson"
+    assert obj["ETag"].strip('"').endswith("-2")  # two parts: 8 MB and 1 MB
+    with pytest.raises(StorageError, match="cannot write s3://no-such-bucket/x"):
+        S3Store("s3://no-such-bucket/").put_file("x", path)
