@@ -91,8 +91,8 @@ class ResultsStore:
     def refresh(self) -> None:
         """Read the parts written since the last refresh (by any worker), in listing order.
 
-        A worker that starts reads every part of its model, one a batch it or another worker
-        ever wrote: a year of nightly 10,000-picture runs is some 57,000 parts, and one GET at a
+        A worker that starts reads every part of its model (one for each batch any worker ever
+        wrote): a year of nightly 10,000-picture runs is some 57,000 parts, and one GET at a
         time that is 57,000 round trips (half an hour at 30 ms). So ``READ_THREADS`` GETs are in
         flight at once, a window of ``READ_WINDOW`` parts at a time, so that no more than that
         many parts' bytes are held.
@@ -164,6 +164,7 @@ class ResultsStore:
             for name, content_type in CONSOLIDATED:
                 self.store.put_file(loc.join(name), Path(tmp) / name, content_type)
         return summary
+
 
 def _parse_rows(data: bytes) -> list[dict[str, Any]]:
     """The rows of a part. A part is PUT whole, so a line that is not a row is someone else's
