@@ -39,6 +39,7 @@ __all__ = [
     "csv_header",
     "error_row",
     "ok_row",
+    "jsonl_records",
     "read_jsonl",
     "rows_to_jsonl",
     "utc_now",
@@ -300,8 +301,17 @@ def read_jsonl(lines: Iterable[bytes], *, errors: str = "surrogateescape",
     copies of every key and label, and a run of 100,000 pictures and 418,000 faces read back
     took 1.3 GB instead of 0.55 GB.
     """
+    for record, _line in jsonl_records(lines, errors=errors, skip_bad=skip_bad):
+        yield _shared(record)
+
+
+def jsonl_records(lines: Iterable[bytes], *, errors: str = "surrogateescape",
+                  skip_bad: bool = False) -> Iterator[tuple[dict[str, Any], bytes]]:
+    """:func:`read_jsonl`'s records (not interned), each with its line's bytes, stripped: for
+    a reader that keeps the compact bytes and lets the dict go."""
     for raw in lines:
-        line = raw.decode("utf-8", errors).strip(" \t\r\n")
+        stripped = raw.strip(b" \t\r\n")
+        line = stripped.decode("utf-8", errors)
         if not line:
             continue
         try:
@@ -314,7 +324,7 @@ def read_jsonl(lines: Iterable[bytes], *, errors: str = "surrogateescape",
             if skip_bad:
                 continue
             raise ValueError(f"a JSON Lines record is not an object: {line[:80]!r}")
-        yield _shared(record)
+        yield record, stripped
 
 
 def _shared(record: dict[str, Any]) -> dict[str, Any]:
