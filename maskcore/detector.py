@@ -49,8 +49,8 @@ if TYPE_CHECKING:
     from maskcore.engine import Device
 
 __all__ = ["DEFAULT_DETECTOR", "DetectorSpec", "Detections", "FaceDetector", "anchors",
-           "decode_boxes", "encode_boxes", "letterbox", "merge_looks", "nms",
-           "suppress", "to_canvases"]
+           "box_areas", "decode_boxes", "encode_boxes", "letterbox", "merge_looks", "nms",
+           "overlap_areas", "suppress", "to_canvases"]
 
 #: The bundled detector's card (its ONNX file sits beside it).
 DEFAULT_DETECTOR = Path(__file__).resolve().parents[1] / "models" / "face_detector.json"
@@ -81,19 +81,12 @@ class Detections:
         """(N,) How much of the picture each face fills, in square pixels (see ``extent``)."""
         if self.extent is not None:
             return self.extent
-        own: np.ndarray = (self.xyxy[:, 2] - self.xyxy[:, 0]) * (self.xyxy[:, 3] - self.xyxy[:, 1])
-        return own
+        return box_areas(self.xyxy)
 
     def without_parts_of(self, main: int, share: float) -> tuple[Detections, int]:
         """These faces less the other boxes that lie at least ``share`` of their own area over
         box ``main``, and ``main``'s index among those kept."""
-        box = self.xyxy[main]
-        w = np.clip(np.minimum(self.xyxy[:, 2], box[2]) - np.maximum(self.xyxy[:, 0], box[0]), 0,
-                    None)
-        h = np.clip(np.minimum(self.xyxy[:, 3], box[3]) - np.maximum(self.xyxy[:, 1], box[1]), 0,
-                    None)
-        own = (self.xyxy[:, 2] - self.xyxy[:, 0]) * (self.xyxy[:, 3] - self.xyxy[:, 1])
-        keep = w * h < share * own
+        keep = overlap_areas(self.xyxy[main], self.xyxy) < share * box_areas(self.xyxy)
         keep[main] = True
         return self[keep], int(np.count_nonzero(keep[:main]))
 
@@ -458,7 +451,7 @@ def suppress(boxes: np.ndarray, scores: np.ndarray, iou: float, nested: float = 
     boxes it put down as nested in it (see :attr:`Detections.extent`; ``extents``: each box's
     own, when a box stands for boxes put down before, as when two looks are merged)."""
     order = np.argsort(-scores, kind="stable")
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    areas = box_areas(boxes)
     sizes = areas if extents is None else np.maximum(areas, extents)
     kept: list[int] = []
     extent: list[float] = []
@@ -466,11 +459,7 @@ def suppress(boxes: np.ndarray, scores: np.ndarray, iou: float, nested: float = 
         i = order[0]
         kept.append(i)
         rest = order[1:]
-        xx0 = np.maximum(boxes[i, 0], boxes[rest, 0])
-        yy0 = np.maximum(boxes[i, 1], boxes[rest, 1])
-        xx1 = np.minimum(boxes[i, 2], boxes[rest, 2])
-        yy1 = np.minimum(boxes[i, 3], boxes[rest, 3])
-        inter = np.clip(xx1 - xx0, 0, None) * np.clip(yy1 - yy0, 0, None)
+        inter = overlap_areas(boxes[i], boxes[rest])
         overlap = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-9)
         inside = inter / np.maximum(np.minimum(areas[i], areas[rest]), 1e-9)
         # Only what the nested rule put down: a box that IoU alone suppresses never counted as
@@ -479,3 +468,17 @@ def suppress(boxes: np.ndarray, scores: np.ndarray, iou: float, nested: float = 
         extent.append(float(max(sizes[i], sizes[absorbed].max(initial=0.0))))
         order = rest[(overlap <= iou) & (inside <= nested)]
     return np.asarray(kept, dtype=np.int64), np.asarray(extent, dtype=np.float32)
+
+
+def box_areas(boxes: np.ndarray) -> np.ndarray:
+    """(N,) The area of each (x0, y0, x1, y1) box of ``boxes`` (N, 4)."""
+    out: np.ndarray = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return out
+
+
+def overlap_areas(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(N,) The area ``box`` (4,) shares with each box of ``boxes`` (N, 4)."""
+    w = np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0])
+    h = np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1])
+    out: np.ndarray = np.clip(w, 0, None) * np.clip(h, 0, None)
+    return out

@@ -27,7 +27,7 @@ from maskcore.errors import ModelError, UsageError
 from maskcore.evaluate import SPLITS
 from maskcore.metrics import ratio, wilson
 from maskcore.results import RunResults, open_results
-from maskcore.split import SPLIT_FILE, read_split_record
+from maskcore.split import read_split_record, split_record_path
 
 __all__ = ["evaluate_classes", "format_class_report", "true_class"]
 
@@ -62,7 +62,7 @@ def _split_hashes(run: RunResults, split: str, record: Path | None) -> tuple[set
             raise UsageError("the run's summary names no local model, so its split record "
                              "cannot be found: give --split-record")
         record = Path(model_path).parent
-    path = record / SPLIT_FILE if record.is_dir() else record
+    path = split_record_path(record)
     try:
         hashes = read_split_record(path)["hashes"]
     except ModelError as exc:

@@ -140,7 +140,9 @@ class ResultsStore:
         data = rows_to_jsonl(rows)
         self.store.put(key, data, "application/x-ndjson")
         self._seen_parts.add(key)
-        self._absorb(_parse_rows(data))
+        # The part's lines are its rows, one each (JSON escapes every newline inside a row),
+        # and they are kept as refresh would read them back.
+        self._absorb(list(zip(rows, data.split(b"\n")[:-1], strict=True)))
         return key
 
     def consolidate(self, extra_summary: dict[str, Any] | None = None) -> dict[str, Any]:

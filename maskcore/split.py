@@ -19,7 +19,7 @@ from maskcore.dataset import FileInfo
 from maskcore.errors import DatasetError, ModelError
 
 __all__ = ["SPLIT_FILE", "Split", "read_split_record", "split_dataset", "split_from_record",
-           "write_split_record"]
+           "split_record_path", "write_split_record"]
 
 #: The split record beside a trained model: which pictures (by content hash) were in which split.
 SPLIT_FILE = "split.json"
@@ -33,6 +33,12 @@ def write_split_record(model_dir: Path, record: dict[str, Any]) -> Path:
     return path
 
 
+def split_record_path(location: Path) -> Path:
+    """The split record a location names: ``location`` itself, or the record in it when it is
+    a model's folder."""
+    return location / SPLIT_FILE if location.is_dir() else location
+
+
 def read_split_record(location: Path) -> dict[str, Any]:
     """A model's split record (``location``: the model's folder, or the record itself), with
     the ``hashes`` of its folder-per-class split.
@@ -40,7 +46,7 @@ def read_split_record(location: Path) -> dict[str, Any]:
     Raises:
         ModelError: there is no readable record, or it names no folder-per-class split.
     """
-    path = location / SPLIT_FILE if location.is_dir() else location
+    path = split_record_path(location)
     try:
         record: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
