@@ -64,7 +64,7 @@ install-inference: $(INFER_STAMP)  ## create .venv with the inference side only 
 test: $(ALL_STAMP)  ## run the test suite
 	$(PY) -m pytest $(ARGS)
 
-lint: $(ALL_STAMP)  ## ruff over the code, mypy (strict) over the library
+lint: $(ALL_STAMP)  ## ruff over the code, mypy (strict) over the library and the jobs
 	$(BIN)/ruff check maskcore jobs tests
 	$(BIN)/mypy
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from maskcore.dataset import scan
 from maskcore.decode import CHUNK, decode_refs, stack_inputs
-from maskcore.engine import DEFAULT_MODEL, Engine
+from maskcore.engine import DEFAULT_MODEL, Device, Engine, Precision
 from maskcore.pool import default_workers, make_pool
 from maskcore.storage import LocalSource, Ref
 
@@ -79,14 +79,14 @@ def bench_decode(pool: Executor, refs: list[Ref], engine: Engine) -> tuple[float
     return time.perf_counter() - t0, stack_inputs(arrays, engine.spec)
 
 
-def bench_detector(paths: list[Path], device: str, threads: int | None) -> tuple[float, int]:
+def bench_detector(paths: list[Path], device: Device, threads: int | None) -> tuple[float, int]:
     """The face detector's network alone, called as the job calls it (one canvas of the
     picture's shape a call on a CPU, batches of square canvases on CUDA); decoding and
     letterboxing not counted."""
     from maskcore.detector import FaceDetector, letterbox
     from maskcore.preprocess import decode
 
-    det = FaceDetector(device=device, threads=threads)  # type: ignore[arg-type]
+    det = FaceDetector(device=device, threads=threads)
     pictures = [letterbox(decode(p.read_bytes()).image, det.spec)[0] for p in paths]
     batches = [batch for _, _, batch in det.batches(pictures)]
     det.run(batches[0])  # warm-up
@@ -122,7 +122,7 @@ def bench_onnx(engine: Engine, x: np.ndarray, batch: int = 64, *, whole: bool = 
               help="Street pictures for the face stage's figures (skipped when absent).")
 @click.option("--write", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the results into this Markdown file (docs/BENCHMARKS.md).")
-def bench(data: Path, model: str, limit: int, workers: int | None, device: str, precision: str,
+def bench(data: Path, model: str, limit: int, workers: int | None, device: Device, precision: Precision,
           scenes: Path, write: Path | None) -> None:
     """Measure (a)-(e) on the same pictures and print the ratios."""
     from maskcore.batch import run_batch
@@ -134,7 +134,7 @@ def bench(data: Path, model: str, limit: int, workers: int | None, device: str, 
     step = max(len(index.samples) // limit, 1)
     picked = list(index.samples[::step])[:limit]
     paths = [s.path for s in picked]
-    engine = Engine(model, device=device, precision=precision)  # type: ignore[arg-type]
+    engine = Engine(model, device=device, precision=precision)
     keras_path = Path(engine.path).with_name("model.keras")
     results: dict[str, float] = {}
     n = len(paths)
@@ -193,8 +193,7 @@ def bench(data: Path, model: str, limit: int, workers: int | None, device: str, 
     with make_pool(1) as pool:
         bench_decode(pool, refs[:CHUNK], engine)
         results["d1"], _ = bench_decode(pool, refs, engine)
-    one_thread = Engine(model, device=device, threads=1,
-                        precision=engine.precision)  # type: ignore[arg-type]
+    one_thread = Engine(model, device=device, threads=1, precision=engine.precision)
     results["e1"] = bench_onnx(one_thread, x)
     if engine.has_whole_branch:
         results["e1_crops"] = bench_onnx(one_thread, x, whole=False)
@@ -243,7 +242,7 @@ def _camera_sized(paths: list[Path], folder: Path) -> Path:
     return folder
 
 
-def _table(rate: dict[str, float], secs: dict[str, float], n: int, stages: dict) -> str:
+def _table(rate: dict[str, float], secs: dict[str, float], n: int, stages: dict[str, Any]) -> str:
     names = {  # in the table's order
         "a": "(a) seeds: Keras, one picture per predict",
         "b": "(b) Keras batched (predict, batch 64)",

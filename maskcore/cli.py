@@ -10,13 +10,17 @@ import importlib
 import logging
 import math
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from maskcore.errors import MaskcoreError
 
 __all__ = ["Finite", "env_option", "main", "run_command", "serving_options", "setup_logging"]
+
+#: What an option decorates: a command's function, or a command already made (as click types it).
+Decorated = TypeVar("Decorated", bound=Callable[..., Any] | click.Command)
 
 #: Libraries whose INFO lines are not for the person running a job ("Found credentials in
 #: environment variables", connection pool notes): only their warnings get through.
@@ -86,7 +90,7 @@ class Finite(click.FloatRange):
         return number
 
 
-def env_option(*decls: str, env: str, **kwargs: Any) -> Any:
+def env_option(*decls: str, env: str, **kwargs: Any) -> Callable[[Decorated], Decorated]:
     """A click option that also reads the environment variable ``env`` and shows it (and its
     default, where it has one) in ``--help``."""
     kwargs.setdefault("show_default", kwargs.get("default") is not None)

@@ -28,7 +28,8 @@ from maskcore.errors import ModelError, UsageError
 from maskcore.preprocess import PREPROCESS_VERSION, PreprocessSpec
 from maskcore.settings import ENV
 
-__all__ = ["DEFAULT_MODEL", "Device", "Engine", "Precision", "open_session", "resolve_model_path"]
+__all__ = ["DEFAULT_MODEL", "Device", "Engine", "Precision", "Variant", "open_session",
+           "resolve_model_path"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ if hasattr(ort, "disable_telemetry_events"):
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "int8"]
+#: The variant a session holds, once ``auto`` is resolved.
+Variant = Literal["fp32", "int8"]
 
 #: The bundled model, trained on the shared face-mask dataset (see docs/MODEL.md).
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "model.onnx"
@@ -182,11 +185,11 @@ class Engine:
     # --- set-up -----------------------------------------------------------------------------
 
     def _open(self, device: Device, precision: Precision
-              ) -> tuple[ort.InferenceSession, str, str]:
+              ) -> tuple[ort.InferenceSession, str, Variant]:
         """The session, where it runs and which variant it holds."""
         if device in ("auto", "cuda") and cuda_possible(device):
             # On a GPU float32 is the fast path: auto keeps it there.
-            gpu_precision = "int8" if precision == "int8" else "fp32"
+            gpu_precision: Variant = "int8" if precision == "int8" else "fp32"
             self._select(gpu_precision)
             session = _try_cuda(self.path, self._threads)
             if session is not None:
@@ -203,7 +206,7 @@ class Engine:
         self._select(precision)
         return _cpu_session(self.path, self._threads), "cpu", precision
 
-    def _select(self, precision: str) -> None:
+    def _select(self, precision: Variant) -> None:
         """Point ``path`` and ``sha256`` at a variant's file, checked against the card."""
         name, expected = self.card.variant(precision)
         path = self._folder / (self._fp32_file if precision == "fp32" else name)

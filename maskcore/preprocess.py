@@ -23,6 +23,7 @@ changes, since a model trained on one version must not be served with another):
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -232,9 +233,12 @@ def decode(data: bytes, spec: PreprocessSpec = DEFAULT_SPEC, *, draft: int | Non
         raise
     except Image.DecompressionBombError as exc:
         # Pillow refuses by itself above twice its MAX_IMAGE_PIXELS (about 179 MP), before we see
-        # the size; that caps max_pixels in effect, and the message says the same thing as ours.
+        # the size; that caps max_pixels in effect. Its message names its own limit, which is not
+        # the one a user can set, so only the picture's size is taken from it.
+        size = re.search(r"\((\d+) pixels\)", str(exc))
+        what = f"{int(size.group(1)) / 1e6:.1f} megapixels" if size else "too many pixels"
         raise ImageDecodeError(
-            f"picture is over the limit of {spec.max_pixels / 1e6:g} megapixels ({exc})",
+            f"picture is {what}, over the limit of {spec.max_pixels / 1e6:g} megapixels",
             kind="too_large") from exc
     except Exception as exc:  # Pillow's plugins raise many types; all mean "not a picture for us".
         raise ImageDecodeError(_describe(exc)) from exc
