@@ -143,6 +143,21 @@ def test_the_job_fine_tunes_on_training_pictures_and_writes_a_detector_that_serv
     assert any(not np.array_equal(base[i.name], numpy_helper.to_array(i)) for i in tuned)
     detector = FaceDetector(out / "face_detector.json", device="cpu", threads=1)
     detector.detect([Image.open(next((data / "images").iterdir())).convert("RGB")])
+    # The written network is the second fit, on training and validation pictures together.
+    refit = training["refit"]
+    assert refit["pictures"] == counts["train"] + counts["val"]
+    assert len(refit["history"]) == 1 and refit["parity_max_abs_diff"] <= 1e-3
+    assert "validation pictures" in card["provenance"]["fine_tuned_on"]
+    first = tmp_path / "first"
+    result = CliRunner().invoke(main, ["train-detector", str(data), "--out", str(first),
+                                       "--epochs", "1", "--no-refit"])
+    assert result.exit_code == 0, result.output
+    alone = json.loads((first / "face_detector.json").read_text())
+    assert "refit" not in alone["training"]
+    # Same seed, same threshold sweep; only the pictures of the written fit differ.
+    assert alone["training"]["validation"] == training["validation"]
+    assert alone["spec"]["score_threshold"] == card["spec"]["score_threshold"]
+    assert alone["onnx_sha256"] != card["onnx_sha256"]
 
 
 def test_a_folder_without_boxes_is_refused(tmp_path):
