@@ -477,8 +477,9 @@ def box_areas(boxes: np.ndarray) -> np.ndarray:
 
 
 def overlap_areas(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """(N,) The area ``box`` (4,) shares with each box of ``boxes`` (N, 4)."""
-    w = np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0])
-    h = np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1])
+    """(N,) The area ``box`` (4,) shares with each box of ``boxes`` (N, 4); broadcast like
+    NumPy, so boxes (K, 1, 4) against (N, 4) give every pair's, (K, N)."""
+    w = np.minimum(box[..., 2], boxes[..., 2]) - np.maximum(box[..., 0], boxes[..., 0])
+    h = np.minimum(box[..., 3], boxes[..., 3]) - np.maximum(box[..., 1], boxes[..., 1])
     out: np.ndarray = np.clip(w, 0, None) * np.clip(h, 0, None)
     return out

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from maskcore.detector import box_areas, overlap_areas
 from maskcore.errors import UsageError
 from maskcore.metrics import ratio, wilson
 from maskcore.results import open_results
@@ -52,14 +53,9 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of every box in ``a`` (N, 4) with every box in ``b`` (M, 4), as (N, M)."""
     if not len(a) or not len(b):
         return np.zeros((len(a), len(b)), np.float32)
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    out: np.ndarray = inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+    inter = overlap_areas(a[:, None, :], b)
+    out: np.ndarray = inter / np.maximum(box_areas(a)[:, None] + box_areas(b)[None, :] - inter,
+                                         1e-9)
     return out
 
 
