@@ -245,18 +245,19 @@ def run_detector_training(dataset: str | Path, out: str | Path, *,
     onnx_path = out_dir / DEFAULT_DETECTOR.with_suffix(".onnx").name
     card_path = out_dir / DEFAULT_DETECTOR.name
 
-    def write(net: OnnxConvNet, card: dict[str, Any]) -> float:
+    def write(net: OnnxConvNet, card: dict[str, Any]) -> tuple[float, FaceDetector]:
         """Write ``net`` and ``card`` (with the file's sha256); returns the largest difference
-        between the written file and the network."""
+        between the written file and the network, and the written file as a detector at the
+        lowest threshold considered (the sweep's)."""
         net.write_onnx(onnx_path)
         card["onnx_sha256"] = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
         card_path.write_text(json.dumps(card, indent=2) + "\n")
-        return parity(net, FaceDetector(card_path, device="cpu"), val[0].image)
+        detector = FaceDetector(card_path, device="cpu", score_threshold=min(cfg.thresholds))
+        return parity(net, detector, val[0].image), detector
 
     net, history = fit_on(train)
     card = _card(onnx_path, base, spec, cfg, root, train, val, history)
-    diff = write(net, card)
-    detector = FaceDetector(card_path, device="cpu", score_threshold=min(cfg.thresholds))
+    diff, detector = write(net, card)
     sweep = threshold_sweep(detector, val, cfg.thresholds)
     chosen = choose_threshold(sweep)
     card["training"].update(parity_max_abs_diff=diff, validation={str(t): f for t, f in sweep.items()})
@@ -275,7 +276,7 @@ def run_detector_training(dataset: str | Path, out: str | Path, *,
             "chosen on the validation pictures with the network fitted on the training ones alone")
         card["training"]["refit"] = {
             "pictures": len(both), "faces": int(sum(len(p.boxes) for p in both)),
-            "history": refit_history, "parity_max_abs_diff": write(net, card)}
+            "history": refit_history, "parity_max_abs_diff": write(net, card)[0]}
     card["spec"]["score_threshold"] = chosen
     card["training"]["seconds"] = round(time.monotonic() - t0)
     card_path.write_text(json.dumps(card, indent=2) + "\n")
