@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from maskcore.batch import FORMATS, format_summary, run_batch
+from maskcore.batch import FORMATS, format_interrupted, format_summary, run_batch
 from maskcore.cli import (
     ray_options_decorator,
     ray_options_from,
@@ -16,7 +16,9 @@ from maskcore.cli import (
     serving_options,
     setup_logging,
 )
+from maskcore.progress import say
 from maskcore.runners import make_runner
+from maskcore.stopping import StopRequest
 
 __all__ = ["batch"]
 
@@ -57,8 +59,14 @@ def batch(input_spec: str, out: Path, model: str | None, batch_size: int, device
     Ceph or a local server).
 
     \b
+    Ctrl-C or SIGTERM stops it after the pictures in hand: their rows stay in
+    OUT/*.partial, and OUT's earlier results are not replaced. A second one
+    stops at once.
+
+    \b
     Exit codes: 0 finished (error rows included), 1 finished with error rows and
-    --fail-on-error, 2 unusable input, model or options.
+    --fail-on-error, 2 unusable input, model or options, 130 / 143 stopped by
+    Ctrl-C / SIGTERM.
     """
     chosen = tuple(f.strip() for f in formats.split(",") if f.strip())
     unknown = sorted(set(chosen) - set(FORMATS))
@@ -74,9 +82,16 @@ def batch(input_spec: str, out: Path, model: str | None, batch_size: int, device
         return run_batch(input_spec, out, model=model, batch_size=batch_size, device=device,
                          precision=precision, faces=faces, workers=workers, formats=chosen,
                          threshold=threshold, show_progress=progress, runner=chosen_runner,
-                         annotate=annotate)
+                         annotate=annotate, stop=stop.requested)
 
-    summary = run_command(_run)
+    def on_first(name: str) -> None:
+        say(f"{name}: stopping after the pictures in hand (a second one stops at once)")
+
+    with StopRequest(on_first, lambda name: say(f"{name} again: stopped, nothing written")) as stop:
+        summary = run_command(_run)
+    if "interrupted" in summary:
+        say(format_interrupted(summary))
+        sys.exit(stop.exit_code)
     click.echo(format_summary(summary))
     if fail_on_error and summary["errors"]:
         sys.exit(1)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 from typing import Any
 
@@ -23,6 +21,7 @@ from maskcore.report import publish_report
 from maskcore.results import open_results
 from maskcore.runners import Runner, make_runner
 from maskcore.settings import DEFAULTS, ENV, RANGES
+from maskcore.stopping import StopRequest
 from maskcore.worker import Worker, WorkerConfig, log_event, parse_shard
 
 __all__ = ["worker", "run_worker"]
@@ -35,17 +34,13 @@ def run_worker(cfg: WorkerConfig, runner: Runner, *, model: str | None,
     analyzer = runner.open_analyzer(model, precision=precision, faces=FaceOptions(mode=faces))
     w = Worker(cfg, analyzer, runner)
 
-    def on_signal(signum: int, frame: Any) -> None:
-        if w.stopping:  # the second signal: no more waiting
-            log_event("forced_exit", signal=signal.Signals(signum).name)
-            os._exit(130)
-        log_event("stopping", signal=signal.Signals(signum).name,
+    def on_first(name: str) -> None:
+        log_event("stopping", signal=name,
                   note="finishing the batch in hand; a second signal exits at once")
         w.request_stop()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    return w.run(show_progress=show_progress)
+    with StopRequest(on_first, lambda name: log_event("forced_exit", signal=name)):
+        return w.run(show_progress=show_progress)
 
 
 SHORT_HELP = "Watch an S3 prefix and classify what lands (--once: one pass)."

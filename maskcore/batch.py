@@ -8,6 +8,7 @@ the input, open the models through the runner, stream rows into the
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from maskcore.runners import Runner, RunOptions, make_runner
 from maskcore.settings import DEFAULTS
 from maskcore.storage import LocalSource, S3Store, open_source
 
-__all__ = ["FORMATS", "format_summary", "run_batch"]
+__all__ = ["FORMATS", "format_interrupted", "format_summary", "run_batch"]
 
 #: The manifest formats ``--format`` accepts.
 FORMATS = ("jsonl", "csv")
@@ -42,6 +43,7 @@ def run_batch(
     show_progress: bool = True,
     runner: Runner | None = None,
     annotate: Path | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Classify every file under ``input_spec``; write the manifest, faces and summary into ``out``.
 
@@ -50,9 +52,14 @@ def run_batch(
             machine's decode processes (``workers`` of them; None means all cores).
         annotate: a folder for a full-size copy of every flagged picture, its faces drawn
             (written after the manifest, by :func:`maskcore.annotate.annotate_flagged`).
+        stop: polled between tasks (:class:`maskcore.stopping.StopRequest`). Once it returns
+            True no new picture is started; the rows of those in flight are written, but to
+            the ``*.partial`` files only: nothing in ``out`` is replaced by an unfinished run,
+            and no summary or copy is written.
 
     Returns:
-        The summary (as written to ``summary.json``).
+        The summary (as written to ``summary.json``); for a stopped run, the counts of what was
+        done with ``interrupted`` (the pictures listed) and ``kept`` (the partial files).
 
     Raises:
         StorageError: the input cannot be found or listed.
@@ -92,8 +99,13 @@ def run_batch(
             flagged.append(row)
 
     report = runner.run(refs, source, analyzer, emit,
-                        RunOptions(batch_size=batch_size, threshold=threshold, progress=bar))
+                        RunOptions(batch_size=batch_size, threshold=threshold, progress=bar,
+                                   stop=stop))
     bar.close()
+    if stop is not None and stop():
+        kept = writer.keep_unfinished()
+        return {**writer.tally.to_dict(), "interrupted": len(refs), "output": str(out),
+                "kept": [str(p) for p in kept]}
     wall = time.monotonic() - t0
     summary = {
         **writer.tally.to_dict(),
@@ -153,3 +165,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"  to look at them: maskcore report {summary['output']}  "
                  f"(writes {Path(summary['output']) / 'report.html'})")
     return "\n".join(lines)
+
+
+def format_interrupted(summary: dict[str, Any]) -> str:
+    """What a stopped run says: how far it got and where its rows are."""
+    out = summary["output"]
+    return (f"stopped: {summary['total']:,} of {summary['interrupted']:,} pictures done, their "
+            f"rows in {Path(out) / '*.partial'}. Nothing else in {out} was replaced (an "
+            "earlier run's results stay). Run again to classify everything.")

@@ -422,6 +422,12 @@ class _Table:
             fh.close()
             (self.out / f"{final}.partial").replace(self.out / final)
 
+    def close_partial(self) -> list[Path]:
+        """Close the files under their ``.partial`` names; returns their paths."""
+        for fh, _ in self.files:
+            fh.close()
+        return [self.out / f"{final}.partial" for _, final in self.files]
+
 
 class ManifestWriter:
     """Streams rows into ``manifest.jsonl/csv`` and their faces into ``faces.jsonl/csv``, atomically.
@@ -472,6 +478,14 @@ class ManifestWriter:
         except OSError as exc:
             self._fail(exc)
         return path
+
+    def keep_unfinished(self) -> list[Path]:
+        """End a run that was stopped: the rows written so far stay in the ``*.partial`` files
+        (returned), and nothing final is written, so an earlier run's results stay as they were."""
+        try:
+            return self._pictures.close_partial() + self._faces.close_partial()
+        except OSError as exc:
+            self._fail(exc)
 
     def _fail(self, exc: OSError) -> NoReturn:
         """Drop the unfinished files (the last complete results stay) and say why, as a run

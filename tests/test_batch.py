@@ -7,8 +7,10 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -255,3 +257,59 @@ def test_threshold_labels_low_scores_uncertain(tmp_path, face_pictures, model_pa
     assert any(r["label"] == "uncertain" for r in strict)
     summary = json.loads((tmp_path / "strict" / "summary.json").read_text())
     assert summary["labels"].get("uncertain", 0) == sum(r["label"] == "uncertain" for r in strict)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_after_the_pictures_in_hand_and_replaces_nothing(tmp_path, model_path):
+    """`docker stop` mid-run: the rows done are kept as partial files, the earlier results stay,
+    the exit code says how it ended, and no decode process outlives the job."""
+    root, out = tmp_path / "in", tmp_path / "out"
+    root.mkdir()
+    picture = encode(gradient(64, 64), "PNG")
+    for i in range(600):
+        (root / f"{i:04d}.png").write_bytes(picture)
+    out.mkdir()
+    (out / "summary.json").write_text('{"earlier": true}\n')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "maskcore", "batch", str(root), "--out", str(out), "--model",
+         str(model_path), "--workers", "2", "--batch-size", "8", "--no-progress"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        for line in proc.stderr:  # the pictures are listed: the pool is starting
+            if "files under" in line:
+                break
+        time.sleep(2)
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                  text=True).stdout.split()
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    said = re.search(r"stopped: (\d+) of 600 pictures done", stderr)
+    assert said, stderr[-2000:]
+    rows = [json.loads(line) for line in (out / "manifest.jsonl.partial").read_text().splitlines()]
+    assert 0 < len(rows) == int(said[1]) < 600
+    assert len({r["source"] for r in rows}) == len(rows) and all(r["status"] == "ok" for r in rows)
+    faces = (out / "faces.jsonl.partial").read_text().splitlines()
+    assert len(faces) == sum(r["faces"] for r in rows)
+    assert {p.name for p in out.iterdir() if not p.name.endswith(".partial")} == {"summary.json"}
+    assert json.loads((out / "summary.json").read_text()) == {"earlier": True}
+    assert "Traceback" not in stderr and stdout == ""
+    assert children  # the decode processes, which must end with the job
+    assert all(_ends(pid, within=10) for pid in children), children
+
+
+def _ends(pid: str, within: float) -> bool:
+    """The process is gone (or a zombie) within that many seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if "zombie" in Path(f"/proc/{pid}/status").read_text().lower():
+                return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.1)
+    return False
