@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from maskcore.batch import FORMATS, format_interrupted, format_summary, run_batch
+from maskcore.batch import FORMATS, format_stopped, format_summary, run_batch
 from maskcore.cli import (
     ray_options_decorator,
     ray_options_from,
@@ -89,8 +89,8 @@ def batch(input_spec: str, out: Path, model: str | None, batch_size: int, device
 
     with StopRequest(on_first, lambda name: say(f"{name} again: stopped, nothing written")) as stop:
         summary = run_command(_run)
-    if "interrupted" in summary:
-        say(format_interrupted(summary))
+    if summary.get("stopped"):
+        say(format_stopped(summary))
         sys.exit(stop.exit_code)
     click.echo(format_summary(summary))
     if fail_on_error and summary["errors"]:

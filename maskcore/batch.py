@@ -22,7 +22,7 @@ from maskcore.runners import Runner, RunOptions, make_runner
 from maskcore.settings import DEFAULTS
 from maskcore.storage import LocalSource, S3Store, open_source
 
-__all__ = ["FORMATS", "format_interrupted", "format_summary", "run_batch"]
+__all__ = ["FORMATS", "format_stopped", "format_summary", "run_batch"]
 
 #: The manifest formats ``--format`` accepts.
 FORMATS = ("jsonl", "csv")
@@ -58,8 +58,10 @@ def run_batch(
             and no summary or copy is written.
 
     Returns:
-        The summary (as written to ``summary.json``); for a stopped run, the counts of what was
-        done with ``interrupted`` (the pictures listed) and ``kept`` (the partial files).
+        The summary (as written to ``summary.json``); for a run stopped before its last
+        picture, the counts of what was done with ``stopped`` (True), ``listed`` (the pictures
+        it had to do) and ``kept`` (the partial files). A stop that comes once every picture
+        is done does not stop the run from being written.
 
     Raises:
         StorageError: the input cannot be found or listed.
@@ -102,10 +104,10 @@ def run_batch(
                         RunOptions(batch_size=batch_size, threshold=threshold, progress=bar,
                                    stop=stop))
     bar.close()
-    if stop is not None and stop():
+    if stop is not None and stop() and writer.tally.total < len(refs):
         kept = writer.keep_unfinished()
-        return {**writer.tally.to_dict(), "interrupted": len(refs), "output": str(out),
-                "kept": [str(p) for p in kept]}
+        return {**writer.tally.to_dict(), "stopped": True, "listed": len(refs),
+                "output": str(out), "kept": [str(p) for p in kept]}
     wall = time.monotonic() - t0
     summary = {
         **writer.tally.to_dict(),
@@ -167,9 +169,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_interrupted(summary: dict[str, Any]) -> str:
+def format_stopped(summary: dict[str, Any]) -> str:
     """What a stopped run says: how far it got and where its rows are."""
     out = summary["output"]
-    return (f"stopped: {summary['total']:,} of {summary['interrupted']:,} pictures done, their "
+    return (f"stopped: {summary['total']:,} of {summary['listed']:,} pictures done, their "
             f"rows in {Path(out) / '*.partial'}. Nothing else in {out} was replaced (an "
             "earlier run's results stay). Run again to classify everything.")

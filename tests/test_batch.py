@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from maskcore.batch import format_stopped, run_batch
 from maskcore.cli import main
 from tests.conftest import ROOT, copy_pictures
 from tests.helpers import BAD_INPUTS, encode, gradient, png_with_size
@@ -313,3 +314,19 @@ def _ends(pid: str, within: float) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def test_a_run_stopped_before_it_starts_replaces_nothing(tmp_path, face_pictures, model_path):
+    root, out = tmp_path / "in", tmp_path / "out"
+    copy_pictures(face_pictures[:3], root)
+    first = run_batch(str(root), out, model=str(model_path), workers=0, show_progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    stopped = run_batch(str(root), out, model=str(model_path), workers=0, show_progress=False,
+                        stop=lambda: True)
+    assert stopped["stopped"] and stopped["listed"] == first["total"] == 3
+    assert stopped["total"] == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix != ".partial"} == before
+    assert sorted(Path(p).name for p in stopped["kept"]) == sorted(f"{n}.partial" for n in (
+        "manifest.jsonl", "manifest.csv", "faces.jsonl", "faces.csv"))
+    assert (out / "manifest.jsonl.partial").read_text() == ""
+    assert "0 of 3 pictures done" in format_stopped(stopped)
