@@ -17,6 +17,8 @@ import json
 import logging
 import os
 import pickle
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -109,11 +111,19 @@ def _start(ray: Any, options: RayOptions) -> bool:
     if ray.is_initialized():
         return False
     address = options.address or os.environ.get("RAY_ADDRESS")
+    # ray.init puts its own SIGTERM handler (and a C-level crash handler) in place of the job's
+    # (maskcore.stopping): a batch job or worker stopped by SIGTERM would then die with its
+    # rows unwritten instead of finishing the work in hand. The job's handlers are put back.
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(num_cpus=options.local_cpus or default_workers(), include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
+    if threading.current_thread() is threading.main_thread():
+        for signum, handler in handlers.items():
+            if handler is not None:
+                signal.signal(signum, handler)
     return True
 
 

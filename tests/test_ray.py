@@ -15,8 +15,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from maskcore.batch import run_batch
 from maskcore.cli import main
+from maskcore.runners import make_runner
+from maskcore.stopping import StopRequest
 from tests.conftest import ROOT
+from tests.helpers import encode, gradient
 from tests.test_worker import BUCKET, RES, SRC, key_of, manifest, part_rows, seed
 
 pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'maskcore[ray]')")
@@ -132,3 +136,30 @@ def test_runner_ray_without_ray_installed_exits_2(tmp_path, model_path):
                         "--once", "--runner", "ray", "--model", str(model_path)],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "maskcore[ray]" in r.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_ray_run_stops_it_after_the_batch_in_hand(ray_env, tmp_path,
+                                                                   model_path):
+    """ray.init installs its own SIGTERM handler (it exits at once); the job's must win, so
+    that `docker stop` lets a Ray run write what it did, as a local run does."""
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(12):
+        (root / f"{i:02d}.png").write_bytes(encode(gradient(64, 48, seed=i), "PNG"))
+    stop = StopRequest(lambda name: None)
+    signalled: list[bool] = []
+
+    def poll() -> bool:  # the first poll comes after the first batch, with Ray running
+        if not signalled:
+            signalled.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)  # the handler runs in this thread between bytecodes
+        return stop.requested()
+
+    with stop:
+        summary = run_batch(str(root), tmp_path / "out", model=str(model_path), batch_size=2,
+                            runner=make_runner("ray"), stop=poll, show_progress=False)
+    assert summary["stopped"] and summary["listed"] == 12
+    assert 0 < summary["total"] < 12
+    assert stop.exit_code == 128 + signal.SIGTERM
