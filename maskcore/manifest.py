@@ -16,6 +16,7 @@ import csv
 import json
 import os
 import sys
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -429,6 +430,38 @@ class _Table:
         return [self.out / f"{final}.partial" for _, final in self.files]
 
 
+def _lock_folder(folder: Path) -> int | None:
+    """Hold an exclusive lock on the results folder for as long as the returned descriptor is
+    open; None where the system cannot lock a folder.
+
+    Two runs writing into one folder (a nightly run that overlaps the last one, two runs
+    started in the same second into ``results/<time>``) would truncate each other's
+    ``.partial`` files and rename a mix. The lock is the folder's own (``flock``), so no file
+    is left behind, and the system drops it when its process dies, however it dies.
+
+    Raises:
+        StorageError: another process holds the lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return None
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StorageError(f"cannot write results to {folder}: another run is writing there; "
+                           "wait for it to finish or choose another --out") from None
+    except OSError:  # a file system without flock
+        os.close(fd)
+        return None
+    return fd
+
+
 class ManifestWriter:
     """Streams rows into ``manifest.jsonl/csv`` and their faces into ``faces.jsonl/csv``, atomically.
 
@@ -445,8 +478,17 @@ class ManifestWriter:
         self.formats = formats
         self.tally = Tally()
         self._tables: list[_Table] = []
+        # Releases the folder's lock; also run when the writer is dropped unclosed (a run that
+        # raised), so a long-lived process can write into the folder again.
+        self._unlock: Callable[[], Any] = lambda: None
         try:
             self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._fail(exc)
+        lock = _lock_folder(self.out)  # before any file there is opened for writing
+        if lock is not None:
+            self._unlock = weakref.finalize(self, os.close, lock)
+        try:
             self._pictures = _Table(self.out, "manifest", classes, formats, FIELDS, extra_fields)
             self._tables.append(self._pictures)
             self._faces = _Table(self.out, "faces", classes, formats, FACE_FIELDS, extra_fields)
@@ -477,15 +519,18 @@ class ManifestWriter:
             tmp.replace(path)
         except OSError as exc:
             self._fail(exc)
+        self._unlock()
         return path
 
     def keep_unfinished(self) -> list[Path]:
         """End a run that was stopped: the rows written so far stay in the ``*.partial`` files
         (returned), and nothing final is written, so an earlier run's results stay as they were."""
         try:
-            return self._pictures.close_partial() + self._faces.close_partial()
+            kept = self._pictures.close_partial() + self._faces.close_partial()
         except OSError as exc:
             self._fail(exc)
+        self._unlock()
+        return kept
 
     def _fail(self, exc: OSError) -> NoReturn:
         """Drop the unfinished files (the last complete results stay) and say why, as a run
@@ -500,4 +545,5 @@ class ManifestWriter:
                     (self.out / f"{final}.partial").unlink(missing_ok=True)
                 except OSError:
                     pass
+        self._unlock()
         raise StorageError(f"cannot write results to {self.out}: {exc.strerror or exc}") from exc

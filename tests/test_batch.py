@@ -19,6 +19,7 @@ from PIL import Image
 
 from maskcore.batch import format_stopped, run_batch
 from maskcore.cli import main
+from maskcore.manifest import ManifestWriter
 from tests.conftest import ROOT, copy_pictures
 from tests.helpers import BAD_INPUTS, encode, gradient, png_with_size
 
@@ -330,3 +331,17 @@ def test_a_run_stopped_before_it_starts_replaces_nothing(tmp_path, face_pictures
         "manifest.jsonl", "manifest.csv", "faces.jsonl", "faces.csv"))
     assert (out / "manifest.jsonl.partial").read_text() == ""
     assert "0 of 3 pictures done" in format_stopped(stopped)
+
+
+def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path, face_pictures,
+                                                               model_path):
+    root, out = tmp_path / "in", tmp_path / "out"
+    copy_pictures(face_pictures[:2], root)
+    running = ManifestWriter(out, ["with_mask", "without_mask"])  # another run, mid-way
+    code, output = _run(["batch", str(root), "--out", str(out), "--model", str(model_path),
+                         "--no-progress"])
+    assert code == 2 and "another run is writing there" in output, output
+    assert "Traceback" not in output
+    running.close({"total": 0})
+    rows, _ = _classify(root, out, model_path)  # free again once that run is done
+    assert len(rows) == 2

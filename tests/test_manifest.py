@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import json
 
 import numpy as np
 import pytest
 
+from maskcore.errors import StorageError
 from maskcore.faces import PictureResult
 from maskcore.manifest import (
     FACE_ROWS,
@@ -109,3 +111,24 @@ def test_lines_that_are_not_records():
         list(read_jsonl(lines))
     with pytest.raises(ValueError, match="not an object"):
         list(read_jsonl([b"[1, 2]"]))
+
+
+def test_one_writer_at_a_time_in_a_folder(tmp_path):
+    """A second run into a folder being written is refused before it touches a file there, and
+    the folder is free again once the first writer is closed, stopped, failed or dropped."""
+    out = tmp_path / "out"
+    rows = builder()([result([[0.9, 0.05, 0.05]]) for _ in range(300)])  # over a buffer's worth
+    first = ManifestWriter(out, CLASSES)
+    for r in rows:
+        first.write(r)
+    with pytest.raises(StorageError, match="another run is writing there"):
+        ManifestWriter(out, CLASSES)
+    first.close({"total": 300})  # the refused writer truncated nothing of the first one's
+    with (out / "manifest.jsonl").open("rb") as fh:
+        assert len(list(read_jsonl(fh))) == 300
+    second = ManifestWriter(out, CLASSES)
+    second.keep_unfinished()
+    third = ManifestWriter(out, CLASSES)
+    del third  # a run that raised: its writer is dropped unclosed
+    gc.collect()
+    ManifestWriter(out, CLASSES).close({"total": 0})
