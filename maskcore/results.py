@@ -115,8 +115,13 @@ def open_results(location: str, source_root: str | None = None) -> RunResults:
 
     manifest = open_("manifest.jsonl")
     if manifest is None:
-        raise UsageError(f"{location} holds no manifest.jsonl: give the folder a batch run wrote "
-                         "(its --out) or a worker's results prefix")
+        stopped = not location.startswith("s3://") and (
+            Path(location) / "manifest.jsonl.partial").exists()
+        raise UsageError(f"{location} holds no manifest.jsonl: "
+                         + ("only the partial rows of a run that was stopped or is still "
+                            "running; run it again to the end" if stopped else
+                            "give the folder a batch run wrote (its --out) or a worker's "
+                            "results prefix"))
     with manifest:
         rows = list(read_jsonl(manifest))
     summary: dict[str, Any] = {}

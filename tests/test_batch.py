@@ -19,7 +19,9 @@ from PIL import Image
 
 from maskcore.batch import format_stopped, run_batch
 from maskcore.cli import main
+from maskcore.errors import UsageError
 from maskcore.manifest import ManifestWriter
+from maskcore.results import open_results
 from tests.conftest import ROOT, copy_pictures
 from tests.helpers import BAD_INPUTS, encode, gradient, png_with_size
 
@@ -331,6 +333,11 @@ def test_a_run_stopped_before_it_starts_replaces_nothing(tmp_path, face_pictures
         "manifest.jsonl", "manifest.csv", "faces.jsonl", "faces.csv"))
     assert (out / "manifest.jsonl.partial").read_text() == ""
     assert "0 of 3 pictures done" in format_stopped(stopped)
+    fresh = tmp_path / "fresh"  # a folder only a stopped run wrote into: reports say so
+    run_batch(str(root), fresh, model=str(model_path), workers=0, show_progress=False,
+              stop=lambda: True)
+    with pytest.raises(UsageError, match="a run that was stopped"):
+        open_results(str(fresh))
 
 
 def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path, face_pictures,
