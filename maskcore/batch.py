@@ -70,7 +70,9 @@ def run_batch(
     """
     started = utc_now("seconds")
     t0 = time.monotonic()
-    source = open_source(input_spec, exclude=out)
+    # The job's own outputs are not pictures to classify next time: results and, with
+    # --annotate, the drawn copies of flagged pictures (a second run would count them twice).
+    source = open_source(input_spec, exclude=[out] + ([annotate] if annotate else []))
     if isinstance(source, S3Store):
         source.check()
     runner = runner or make_runner(workers=workers, device=device)
@@ -90,7 +92,7 @@ def run_batch(
     own = source.excluded if isinstance(source, LocalSource) else 0
     say(f"{len(refs):,} files under {source.describe()}"
         + (f" ({skipped} hidden skipped)" if skipped else "")
-        + (f" ({own} in the output folder {out} left out)" if own else ""))
+        + (f" ({own} in the output folders left out)" if own else ""))
     writer = ManifestWriter(out, engine.classes, formats)
     bar = Progress(len(refs), "pictures", enabled=show_progress)
     flagged: list[dict[str, Any]] = []  # kept for --annotate only: a few rows, not the run

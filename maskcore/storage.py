@@ -13,7 +13,7 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -122,17 +122,17 @@ class LocalSource:
 
     Args:
         path: the folder or file.
-        exclude: a folder not to list (the job's own output folder, when it lies inside).
+        exclude: folders not to list (the job's own output folders, when they lie inside).
     """
 
     def __init__(self, path: str | os.PathLike[str],
-                 exclude: str | os.PathLike[str] | None = None) -> None:
+                 exclude: Sequence[str | os.PathLike[str]] = ()) -> None:
         if str(path) == "":
             raise UsageError("the input is empty: name a folder, a file or an s3:// prefix")
         self.path = Path(path)
         if not self.path.exists() and not self.path.is_symlink():
             raise StorageError(f"input not found: {path}")
-        self.exclude = Path(exclude).resolve() if exclude is not None else None
+        self.exclude = [Path(e).resolve() for e in exclude]
         self.hidden_skipped = 0
         self.excluded = 0
 
@@ -144,13 +144,12 @@ class LocalSource:
             return iter([Ref(source=self.path.name, key=str(self.path.absolute()))])
         root = self.path
         entries, self.hidden_skipped = walk_files(root)
-        # Resolving every path costs a system call per path component: only when the excluded
+        # Resolving every path costs a system call per path component: only when an excluded
         # folder lies inside the input at all.
-        exclude = self.exclude if self.exclude is not None and \
-            _inside(self.exclude, root.resolve()) else None
+        exclude = [e for e in self.exclude if _inside(e, root.resolve())]
         refs = []
         for full, problem in entries:
-            if exclude is not None and _inside(full, exclude):
+            if exclude and any(_inside(full, e) for e in exclude):
                 self.excluded += 1
                 continue
             rel = full.relative_to(root).as_posix() or "."
@@ -430,10 +429,10 @@ def _reason(exc: Exception) -> str:
     return redact(str(exc))
 
 
-def open_source(spec: str, exclude: str | os.PathLike[str] | None = None
+def open_source(spec: str, exclude: Sequence[str | os.PathLike[str]] = ()
                 ) -> LocalSource | S3Store:
-    """A source from what a user typed: an ``s3://`` URL, a folder or a file (``exclude``: a
-    folder inside it not to list, such as the job's own output)."""
+    """A source from what a user typed: an ``s3://`` URL, a folder or a file (``exclude``:
+    folders inside it not to list, such as the job's own output)."""
     if spec.startswith("s3://"):
         return S3Store(spec)
     return LocalSource(spec, exclude)

@@ -120,6 +120,18 @@ def test_output_inside_the_input_is_not_classified_next_time(tmp_path):
         assert [r["source"] for r in rows(src / "results")] == ["a.png"]
 
 
+def test_annotated_copies_inside_the_input_are_not_classified_next_time(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "face.jpg").write_bytes((ROOT / "examples" / "without_mask_0.jpg").read_bytes())
+    for _ in range(2):
+        code, output = batch(str(src), "--out", str(tmp_path / "res"), "--annotate",
+                             str(src / "flagged"))
+        assert code == 0, output
+        assert [r["source"] for r in rows(tmp_path / "res")] == ["face.jpg"]
+    assert [p.name for p in (src / "flagged").iterdir()]  # there was a copy to leave out
+
+
 def test_a_failed_run_keeps_the_previous_manifest(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
