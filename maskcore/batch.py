@@ -102,9 +102,13 @@ def run_batch(
         if annotate is not None and group_of(row, row[FACE_ROWS]) == "flagged":
             flagged.append(row)
 
-    report = runner.run(refs, source, analyzer, emit,
-                        RunOptions(batch_size=batch_size, threshold=threshold, progress=bar,
-                                   stop=stop))
+    try:
+        report = runner.run(refs, source, analyzer, emit,
+                            RunOptions(batch_size=batch_size, threshold=threshold, progress=bar,
+                                       stop=stop))
+    except BaseException:  # a run-level fault (or an interrupt) mid-way: nothing is kept
+        writer.discard()
+        raise
     bar.close()
     if stop is not None and stop() and writer.tally.total < len(refs):
         kept = writer.keep_unfinished()

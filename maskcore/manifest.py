@@ -532,9 +532,9 @@ class ManifestWriter:
         self._unlock()
         return kept
 
-    def _fail(self, exc: OSError) -> NoReturn:
-        """Drop the unfinished files (the last complete results stay) and say why, as a run
-        error: exit code 2, not a traceback."""
+    def discard(self) -> None:
+        """End a run that failed, instead of :meth:`close` or :meth:`keep_unfinished`: drop the
+        unfinished files (the last complete results stay) and free the folder."""
         for table in self._tables:
             for fh, final in table.files:
                 try:
@@ -546,4 +546,8 @@ class ManifestWriter:
                 except OSError:
                     pass
         self._unlock()
+
+    def _fail(self, exc: OSError) -> NoReturn:
+        """Discard the run and say why, as a run error: exit code 2, not a traceback."""
+        self.discard()
         raise StorageError(f"cannot write results to {self.out}: {exc.strerror or exc}") from exc

@@ -129,6 +129,10 @@ def test_one_writer_at_a_time_in_a_folder(tmp_path):
     second = ManifestWriter(out, CLASSES)
     second.keep_unfinished()
     third = ManifestWriter(out, CLASSES)
-    del third  # a run that raised: its writer is dropped unclosed
+    del third  # a writer dropped unclosed
     gc.collect()
+    failed = ManifestWriter(out, CLASSES)  # a run that raised: the batch job discards it
+    failed.write(rows[0])
+    failed.discard()
+    assert not list(out.glob("*.partial")) and (out / "summary.json").exists()
     ManifestWriter(out, CLASSES).close({"total": 0})
