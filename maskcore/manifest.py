@@ -468,6 +468,8 @@ class ManifestWriter:
     Rows are appended to ``*.partial`` files as they come; :meth:`close` renames them to their
     final names, then writes ``summary.json`` the same way. A previous run's files in the folder
     stay as they were until then, so a run that dies leaves the last complete result in place.
+    Until it is closed, stopped (:meth:`keep_unfinished`) or discarded, the folder is locked: a
+    second writer there raises :class:`~maskcore.errors.StorageError`.
     """
 
     def __init__(self, out_dir: str | os.PathLike[str], classes: list[str],
