@@ -85,7 +85,9 @@ def batch(input_spec: str, out: Path, model: str | None, batch_size: int, device
                          annotate=annotate, stop=stop.requested)
 
     def on_first(name: str) -> None:
-        say(f"{name}: stopping after the pictures in hand (a second one stops at once)")
+        # On a terminal the progress bar's line is open: the notice goes on a line of its own.
+        fresh = "\n" if progress and sys.stderr.isatty() else ""
+        say(f"{fresh}{name}: stopping after the pictures in hand (a second one stops at once)")
 
     with StopRequest(on_first, lambda name: say(f"{name} again: stopped, nothing written")) as stop:
         summary = run_command(_run)
