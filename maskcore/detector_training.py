@@ -267,15 +267,16 @@ def run_detector_training(dataset: str | Path, out: str | Path, *,
         "boxes a picture)")
     if cfg.refit:
         both = train + val
+        faces = int(sum(len(p.boxes) for p in both))
         say(f"fitting again on the training and validation pictures together ({len(both)} "
-            f"pictures, {sum(len(p.boxes) for p in both)} faces), keeping threshold {chosen}")
+            f"pictures, {faces} faces), keeping threshold {chosen}")
         net, refit_history = fit_on(both)
         card["provenance"]["fine_tuned_on"] = (
             f"{root.name}: the training and validation pictures of its by-picture split "
             "(maskcore/voc.py), boxes as drawn (the card's box_adjust is none); the threshold was "
             "chosen on the validation pictures with the network fitted on the training ones alone")
         card["training"]["refit"] = {
-            "pictures": len(both), "faces": int(sum(len(p.boxes) for p in both)),
+            "pictures": len(both), "faces": faces,
             "history": refit_history, "parity_max_abs_diff": write(net, card)[0]}
     card["spec"]["score_threshold"] = chosen
     card["training"]["seconds"] = round(time.monotonic() - t0)

@@ -49,8 +49,8 @@ CLOSEUP_SHARE = 0.2
 #: 4,096 pictures of face-mask had such a second face row, some labelled otherwise than the
 #: face). On the close-ups' training and validation splits, 0.3 takes 288 boxes away, every one
 #: of a sample a part of the main face or no face at all; under 0.3 real people beside the main
-#: face start to go. The verdict cannot change (a close-up's main face decides alone); its face rows and
-#: counts do (docs/MODEL.md).
+#: face start to go. The verdict cannot change (a close-up's main face decides alone); its face
+#: rows and counts do (docs/MODEL.md).
 CLOSEUP_PART = 0.3
 
 

@@ -34,6 +34,7 @@ from maskcore.pipeline import StageTimes
 from maskcore.pool import default_workers
 from maskcore.preprocess import PreprocessSpec
 from maskcore.progress import Progress
+from maskcore.stopping import SIGNALS
 from maskcore.storage import Ref, Source
 
 __all__ = ["Classifier", "RayOptions", "classify_ray", "decode_batch", "require_ray"]
@@ -114,7 +115,7 @@ def _start(ray: Any, options: RayOptions) -> bool:
     # ray.init puts its own SIGTERM handler (and a C-level crash handler) in place of the job's
     # (maskcore.stopping): a batch job or worker stopped by SIGTERM would then die with its
     # rows unwritten instead of finishing the work in hand. The job's handlers are put back.
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {s: signal.getsignal(s) for s in SIGNALS}
     if address:
         ray.init(address=address, log_to_driver=False)
     else:

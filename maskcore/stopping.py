@@ -14,7 +14,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-__all__ = ["StopRequest"]
+__all__ = ["SIGNALS", "StopRequest"]
 
 #: The signals that ask a job to stop.
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
