@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from maskcore.cli import run_command
-from maskcore.faces import DEFAULT_MARGIN
+from maskcore.preprocess import CROP_MARGIN
 from maskcore.training import TRAINING, run_training
 
 __all__ = ["train"]
@@ -74,7 +74,7 @@ SHORT_HELP = "Train, evaluate and export a model to ONNX with its card."
               type=click.Choice(["auto", "fp32", "bf16"]),
               help="Training arithmetic. bf16 is about twice as fast on CPUs with bfloat16 "
                    "instructions (auto picks it there); the model is exported in float32.")
-@click.option("--crop-margin", default=DEFAULT_MARGIN, show_default=True,
+@click.option("--crop-margin", default=CROP_MARGIN, show_default=True,
               type=click.FloatRange(0, 1),
               help="Box datasets: share of a box's size added on each side of a face crop "
                    "(recorded in the card; the per-face stage cuts detected faces the same way).")

@@ -20,7 +20,7 @@ import numpy as np
 
 from maskcore.errors import DatasetError, ImageDecodeError
 from maskcore.pool import default_workers, make_pool
-from maskcore.preprocess import DEFAULT_SPEC, PreprocessSpec, crop_face, decode
+from maskcore.preprocess import CROP_MARGIN, DEFAULT_SPEC, PreprocessSpec, crop_face, decode
 from maskcore.progress import Progress
 from maskcore.voc import BoxFile, read_voc, split_of_digest
 
@@ -105,7 +105,7 @@ def _crops_of(job: tuple[str, str, PreprocessSpec, float]) -> _Cropped:
 
 
 def load_box_dataset(root: str | Path, *, spec: PreprocessSpec = DEFAULT_SPEC,
-                     margin: float = 0.1, workers: int | None = None,
+                     margin: float = CROP_MARGIN, workers: int | None = None,
                      progress: bool = True) -> BoxFaces:
     """Crop every boxed face of a VOC dataset, in parallel, through the shared crop function.
 

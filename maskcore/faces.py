@@ -26,15 +26,11 @@ from maskcore.decode import DecodedItem, RefFacts, finer_picture, stack_inputs
 from maskcore.detector import DetectorSpec, FaceDetector
 from maskcore.engine import Device, Engine
 from maskcore.errors import UsageError
-from maskcore.preprocess import Picture, crop_face, to_input
+from maskcore.preprocess import CROP_MARGIN, Picture, crop_face, to_input
 from maskcore.settings import ENV
 
 __all__ = ["Analyzer", "FaceOptions", "PictureResult", "load_analyzer", "open_analyzer",
            "results_id"]
-
-#: Default margin around a face box, a share of its size on each side (recorded in the card
-#: of a model trained on face crops, which then wins).
-DEFAULT_MARGIN = 0.1
 
 #: A picture whose largest face covers at least this share of its area is a close-up of that
 #: face: the classifier sees the whole picture for it, as close-ups are seen in training, and
@@ -60,7 +56,7 @@ class FaceOptions:
 
     mode: str = "auto"  # "auto": detect faces; "off": classify every picture whole
     detector: str | None = None  # the detector's card; None for the bundled one
-    margin: float | None = None  # None: the classifier card's crop margin, else DEFAULT_MARGIN
+    margin: float | None = None  # None: the classifier card's crop margin, else CROP_MARGIN
     closeup: float = CLOSEUP_SHARE  # 1.0 turns the close-up rule off
     overrides: dict[str, Any] = field(default_factory=dict)  # DetectorSpec fields to change
 
@@ -108,7 +104,7 @@ class Analyzer:
                                      **faces.overrides) if faces.enabled else None
         crop = engine.card.extra.get("face_crop", {})
         self.margin = faces.margin if faces.margin is not None else \
-            float(crop.get("margin", DEFAULT_MARGIN))
+            float(crop.get("margin", CROP_MARGIN))
 
     @property
     def detector_spec(self) -> DetectorSpec | None:

@@ -33,6 +33,7 @@ from maskcore.manifest import RowBuilder
 from maskcore.pool import capped_workers, make_pool
 from maskcore.preprocess import PreprocessSpec
 from maskcore.progress import Progress
+from maskcore.settings import DEFAULTS
 from maskcore.storage import Ref, Source
 
 __all__ = ["StageTimes", "analyze_chunk", "classify", "row_builder"]
@@ -94,9 +95,9 @@ def classify(
     analyzer: Analyzer,
     emit: Callable[[dict[str, Any]], None],
     *,
-    batch_size: int = 64,
+    batch_size: int = DEFAULTS.batch_size,
     workers: int | None = None,
-    threshold: float = 0.5,
+    threshold: float = DEFAULTS.threshold,
     progress: Progress | None = None,
     row_extra: Callable[[Ref], dict[str, Any]] | None = None,
     on_batch: Callable[[list[dict[str, Any]]], None] | None = None,

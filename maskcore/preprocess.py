@@ -50,6 +50,7 @@ from maskcore.errors import ImageDecodeError
 
 __all__ = [
     "ALLOWED_FORMATS",
+    "CROP_MARGIN",
     "PREPROCESS_VERSION",
     "Decoded",
     "Picture",
@@ -65,6 +66,11 @@ __all__ = [
 
 #: Bumped whenever any step above changes the numbers it produces.
 PREPROCESS_VERSION = "mc-pre-1"
+
+#: The margin cut around a face box, a share of its size on each side: what training cuts box
+#: datasets with and what serving cuts detected faces with (a model's card records the margin it
+#: was trained with, and serving then takes the card's).
+CROP_MARGIN = 0.1
 
 #: Formats we decode. Pillow can open more (EPS would start Ghostscript, for one); these are the
 #: raster formats cameras, phones and the web produce. SVG and HEIC are not among them on purpose.
@@ -274,7 +280,7 @@ def face_region(box: Sequence[float], width: int, height: int, margin: float
 
 
 def crop_face(picture: Picture, box: Sequence[float], spec: PreprocessSpec = DEFAULT_SPEC,
-              margin: float = 0.2) -> np.ndarray:
+              margin: float = CROP_MARGIN) -> np.ndarray:
     """Model input for one face: ``box`` in the original picture's pixels (after EXIF
     orientation) is grown by ``margin``, cut from the decoded picture and put through steps 6-7.
     """

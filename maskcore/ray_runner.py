@@ -34,6 +34,7 @@ from maskcore.pipeline import StageTimes
 from maskcore.pool import default_workers
 from maskcore.preprocess import PreprocessSpec
 from maskcore.progress import Progress
+from maskcore.settings import DEFAULTS
 from maskcore.stopping import SIGNALS
 from maskcore.storage import Ref, Source
 
@@ -151,9 +152,9 @@ def classify_ray(
     analyzer: Analyzer,
     emit: Callable[[dict[str, Any]], None],
     *,
-    device: str = "auto",
-    batch_size: int = 64,
-    threshold: float = 0.5,
+    device: str = DEFAULTS.device,
+    batch_size: int = DEFAULTS.batch_size,
+    threshold: float = DEFAULTS.threshold,
     progress: Progress | None = None,
     row_extra: Callable[[Ref], dict[str, Any]] | None = None,
     on_batch: Callable[[list[dict[str, Any]]], None] | None = None,

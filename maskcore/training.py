@@ -26,9 +26,8 @@ from maskcore.card import ModelCard, file_sha256
 from maskcore.clock import utc_now
 from maskcore.dataset import IMBALANCE_RATIO, audit, format_audit, inspect, scan
 from maskcore.errors import DatasetError, ModelError
-from maskcore.faces import DEFAULT_MARGIN
 from maskcore.metrics import evaluate, summary_line
-from maskcore.preprocess import PreprocessSpec
+from maskcore.preprocess import CROP_MARGIN, PreprocessSpec
 from maskcore.progress import say
 from maskcore.split import split_dataset, write_split_record
 
@@ -214,7 +213,7 @@ def run_training(
     low_res: float = TRAINING.low_res,
     hue: float = TRAINING.hue,
     compute: str = "auto",
-    crop_margin: float = DEFAULT_MARGIN,
+    crop_margin: float = CROP_MARGIN,
 ) -> dict[str, Any]:
     """Run the whole training job; returns the model card as a dict.
 
