@@ -70,7 +70,7 @@ PREPROCESS_VERSION = "mc-pre-1"
 #: The margin cut around a face box, a share of its size on each side: what training cuts box
 #: datasets with and what serving cuts detected faces with (a model's card records the margin it
 #: was trained with, and serving then takes the card's).
-CROP_MARGIN = 0.1
+CROP_MARGIN = 0.2
 
 #: Formats we decode. Pillow can open more (EPS would start Ghostscript, for one); these are the
 #: raster formats cameras, phones and the web produce. SVG and HEIC are not among them on purpose.
