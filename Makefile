@@ -13,7 +13,7 @@ ALL_STAMP   := $(VENV)/.stamp-all
 DEMO_STAMP  := $(VENV)/.stamp-demo
 
 # `make train` with the default DATA builds the bundled model: the face network on both shared
-# datasets, the close-up network on the close-ups alone, paired. With DATA=... it trains that one
+# datasets, the close-up network on the close-ups and masks drawn on their bare faces, paired. With DATA=... it trains that one
 # model, unless CLOSEUPS=dir asks for a close-up network to pair with it.
 ifeq ($(origin DATA),undefined)
 CLOSEUPS ?= ../shared/datasets/face-mask
@@ -76,7 +76,7 @@ ifeq ($(strip $(CLOSEUPS)),)
 	$(BIN)/maskcore train $(DATA) --out "$(OUT)" $(ARGS)
 else
 	$(BIN)/maskcore train $(DATA) --out "$(OUT)/faces" $(ARGS)
-	$(BIN)/maskcore train $(CLOSEUPS) --out "$(OUT)/closeups" --epochs 40 --patience 40 $(ARGS)
+	$(BIN)/maskcore train $(CLOSEUPS) --out "$(OUT)/closeups" --epochs 40 --patience 40 --drawn-masks $(ARGS)
 	$(BIN)/maskcore pair "$(OUT)/faces" "$(OUT)/closeups" --out "$(OUT)"
 endif
 

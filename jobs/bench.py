@@ -306,8 +306,12 @@ def _write(path: Path, table: str, n: int, workers: int, engine: Engine) -> None
     cost = f"{face_gflops} GFLOPs a picture"
     if engine.card.whole_picture:
         closeup = engine.card.whole_picture["closeup_network"]
+        whole = closeup.get("gflops_per_picture", "?")
+        # A close-up network that knows every class reads whole pictures alone (maskcore.pairing).
+        if closeup.get("classes") != engine.card.classes:
+            whole = f"{face_gflops} + {whole}"
         cost = (f"the face and close-up networks paired: {face_gflops} GFLOPs a face crop, "
-                f"{face_gflops} + {closeup.get('gflops_per_picture', '?')} a whole picture")
+                f"{whole} a whole picture")
     versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("onnxruntime-gpu", "pillow",
                                                                  "numpy") if _has(p))
     text = f"""# Benchmarks

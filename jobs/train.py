@@ -78,6 +78,11 @@ SHORT_HELP = "Train, evaluate and export a model to ONNX with its card."
               type=click.FloatRange(0, 1),
               help="Box datasets: share of a box's size added on each side of a face crop "
                    "(recorded in the card; the per-face stage cuts detected faces the same way).")
+@click.option("--drawn-masks/--no-drawn-masks", default=TRAINING.drawn_masks, show_default=True,
+              help="Also train on masks drawn on the close-ups' bare faces, worn right and "
+                   "wrongly (nose bare, chin bare, on the chin), each in its close-up's split: "
+                   "the only wrongly worn masks on close-ups the model sees (maskcore draw-masks "
+                   "writes them out).")
 @click.option("--widths", default=None, callback=lambda ctx, p, v: _widths(v),
               help="Conv block widths, comma-separated [default: 32,64,128,256,256]; each "
                    "block but the last halves the side.")

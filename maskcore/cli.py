@@ -40,6 +40,7 @@ COMMANDS: dict[str, str] = {
     "train-detector": "jobs.train_detector:train_detector",
     "quantize": "jobs.quantize:quantize",
     "pair": "jobs.pair:pair",
+    "draw-masks": "jobs.draw_masks:draw_masks",
     "batch": "jobs.batch:batch",
     "worker": "jobs.worker:worker",
     "evaluate": "jobs.evaluate:evaluate",

@@ -15,6 +15,11 @@ probabilities ``p`` and close-up network probabilities ``q``::
     whole[c] = (1 - sum(p[len(C):])) * q[c]   for c in C
     whole[k] = p[k]                           for the face network's other classes
 
+A close-up network that knows every class of the face network (the bundled one since v13,
+trained with drawn masks) leaves the face network nothing to give: then ``whole = q`` and the
+whole-picture branch does not run the face network at all. The face network's weights stay in
+the outer graph either way; its nodes are in the branches that use them.
+
 Training side only: imports ``onnx`` (the inference side reads the result with ONNX Runtime).
 """
 
@@ -88,9 +93,14 @@ def join_networks(face: onnx.ModelProto, closeup: onnx.ModelProto, *, input_name
         init.name = rename[init.name]
     q = rename[output_name]
 
-    # The face network's output becomes an inner tensor; the If gives the model's output.
+    # The face network's output becomes an inner tensor; the If gives the model's output. Its
+    # nodes move into the branches that use them, its weights stay in the outer graph (a branch
+    # reads them from there), so a whole picture read by a close-up network that knows every
+    # class does not run the face network at all (ONNX Runtime runs only the branch taken).
     p = _FACE + output_name
     _rename_tensor(g, output_name, p)
+    face_nodes = list(g.node)
+    del g.node[:]
 
     consts = [numpy_helper.from_array(np.array([n_close], np.int64), _JOIN + "start"),
               numpy_helper.from_array(np.array([n_face], np.int64), _JOIN + "end"),
@@ -107,13 +117,19 @@ def join_networks(face: onnx.ModelProto, closeup: onnx.ModelProto, *, input_name
         helper.make_node("Concat", [_JOIN + "split", _JOIN + "only_face"], [_JOIN + "whole"],
                          axis=1, name=_JOIN + "whole"),
     ]
+    if n_close == n_face:  # the close-up network alone: whole = q
+        joining = [helper.make_node("Identity", [q], [_JOIN + "whole"], name=_JOIN + "whole")]
+        consts, whole_nodes = [], [*cg.node]
+    else:
+        whole_nodes = [*cg.node, *_copies(face_nodes)]
     out_info = [helper.make_tensor_value_info(_JOIN + "whole", TensorProto.FLOAT,
                                               ["batch", n_face])]
-    then_branch = helper.make_graph([*cg.node, *joining], "whole_picture", [], out_info,
+    then_branch = helper.make_graph([*whole_nodes, *joining], "whole_picture", [], out_info,
                                     initializer=[*cg.initializer, *consts])
     else_branch = helper.make_graph(
-        [helper.make_node("Identity", [p], [_JOIN + "face"], name=_JOIN + "face")], "face_crop",
-        [], [helper.make_tensor_value_info(_JOIN + "face", TensorProto.FLOAT, ["batch", n_face])])
+        [*face_nodes, helper.make_node("Identity", [p], [_JOIN + "face"], name=_JOIN + "face")],
+        "face_crop", [],
+        [helper.make_tensor_value_info(_JOIN + "face", TensorProto.FLOAT, ["batch", n_face])])
     g.node.append(helper.make_node("If", [WHOLE_INPUT], [output_name], name=_JOIN + "if",
                                    then_branch=then_branch, else_branch=else_branch))
     g.input.append(helper.make_tensor_value_info(WHOLE_INPUT, TensorProto.BOOL, []))
@@ -140,6 +156,11 @@ def face_network(paired: onnx.ModelProto, *, output_name: str) -> onnx.ModelProt
     if len(ifs) != 1 or WHOLE_INPUT not in {i.name for i in g.input}:
         raise ModelError("not a paired model: no whole-picture branch to take off")
     g.node.remove(ifs[0])
+    if not any(_FACE + output_name in n.output for n in g.node):
+        # The face network's nodes are in the face-crop branch (pairs made since 2026-12-07),
+        # not in the outer graph: bring them back out, without the branch's closing Identity.
+        (crop,) = [a.g for a in ifs[0].attribute if a.name == "else_branch"]
+        g.node.extend(n for n in crop.node if n.name != _JOIN + "face")
     _rename_tensor(g, _FACE + output_name, output_name)
     (flag,) = [i for i in g.input if i.name == WHOLE_INPUT]
     g.input.remove(flag)
@@ -210,8 +231,10 @@ def pair_models(faces_dir: Path, closeups_dir: Path, out: Path, *,
     face.whole_picture = {
         "input": WHOLE_INPUT,
         "meaning": "true: the inputs are whole pictures (close-ups, pictures without a face "
-                   "found, --faces off), read by the close-up network and the face network "
-                   "together; false: face crops, read by the face network alone",
+                   "found, --faces off), read by the close-up network"
+                   + (" alone, which knows every class" if close.classes == face.classes else
+                      " and the face network together") +
+                   "; false: face crops, read by the face network alone",
         "rule": "whole[c] = (1 - sum of the face network's probabilities of the classes the "
                 "close-up network does not know) * close-up network[c]; the other classes "
                 "keep the face network's probability",
@@ -221,6 +244,16 @@ def pair_models(faces_dir: Path, closeups_dir: Path, out: Path, *,
     log(f"wrote {card_path}: model id {face.model_id}"
         + (f", int8 {model_id_of(written['int8'][1])}" if "int8" in written else ""))
     return face
+
+
+def _copies(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """Copies of ``nodes``, for a second branch that runs them too."""
+    out = []
+    for node in nodes:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        out.append(copy)
+    return out
 
 
 def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -27,11 +27,12 @@ from maskcore.clock import utc_now
 from maskcore.dataset import IMBALANCE_RATIO, audit, format_audit, inspect, scan
 from maskcore.errors import DatasetError, ModelError
 from maskcore.metrics import evaluate, summary_line
-from maskcore.preprocess import CROP_MARGIN, PreprocessSpec
+from maskcore.preprocess import CROP_MARGIN, PreprocessSpec, to_input
 from maskcore.progress import say
 from maskcore.split import split_dataset, write_split_record
 
-__all__ = ["CLASS_ORDER", "TRAINING", "TrainingDefaults", "ordered_classes", "run_training"]
+__all__ = ["BARE_CLASS", "CLASS_ORDER", "MASKED", "TRAINING", "WRONGLY_WORN", "TrainingDefaults",
+           "ordered_classes", "run_training"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class TrainingDefaults:
     # Augmentations beyond the default flip, rotation, zoom and lighting (cnn.augment_batch).
     low_res: float = 0.0
     hue: float = 0.0
+    # Masks drawn on the close-ups' bare faces (maskcore.drawn_masks): the close-up network's
+    # only wrongly worn masks (make train asks for them there); off for the face network.
+    drawn_masks: bool = False
 
 
 TRAINING = TrainingDefaults()
@@ -65,6 +69,7 @@ def _log(msg: str) -> None:
 #: order, then any other class name, sorted. One folder-per-class dataset alone keeps its sorted
 #: folder names.
 CLASS_ORDER = ("with_mask", "without_mask", "mask_weared_incorrect")
+MASKED, BARE_CLASS, WRONGLY_WORN = CLASS_ORDER
 
 #: Class weights are inverse class frequencies, capped here: the rare class (93 of 3,246 street
 #: faces, none among the close-ups) would otherwise weigh about 40 times a common one.
@@ -86,6 +91,9 @@ class _Part:
     labels: dict[str, list[str]]
     names: dict[str, list[str]]
     record: dict[str, Any]  # what the card says about it
+    # A folder dataset's bare close-ups in each split, (path, sha256), that masks can be drawn
+    # on (:func:`_drawn_part`); empty for box datasets.
+    bare: dict[str, list[tuple[Path, str]]] = field(default_factory=dict)
 
 
 def balancing_weights(train_labels: dict[str, list[str]]
@@ -155,6 +163,8 @@ def _folder_part(data_dir: Path, spec: PreprocessSpec, *, val: float, test: floa
         part.x[name] = np.stack([arrays[k] for k in positions])
         part.labels[name] = [index.classes[split.labels[k]] for k in positions]
         part.names[name] = [infos[k].relpath for k in positions]
+        part.bare[name] = [(index.root / infos[k].relpath, infos[k].sha256) for k in positions
+                           if index.classes[split.labels[k]] == BARE_CLASS]
     arrays.clear()
     fingerprint = hashlib.sha256("\n".join(sorted({i.sha256 for i in infos if i.sha256}))
                                  .encode()).hexdigest()
@@ -192,6 +202,41 @@ def _box_part(data_dir: Path, spec: PreprocessSpec, margin: float, workers: int 
     return part, {"audit": report}
 
 
+def _drawn_part(folders: _Part, spec: PreprocessSpec, seed: int) -> _Part:
+    """Masks drawn on ``folders``' bare close-ups (:mod:`maskcore.drawn_masks`), each drawing in
+    the split of the close-up it was drawn on.
+
+    Raises:
+        DatasetError: a split has no bare close-up whose face can carry a drawn mask.
+    """
+    from maskcore.drawn_masks import WAYS, LandmarkFinder, drawn_close_ups
+
+    part = _Part(f"{folders.name}-drawn-masks", "drawn", {}, {}, {}, {})
+    finder = LandmarkFinder()
+    ways: dict[str, dict[str, int]] = {}
+    for name in ("train", "val", "test"):
+        files = folders.bare[name]
+        _log(f"drawing masks on the {len(files):,} bare close-ups of {folders.name}'s {name} "
+             "split ...")
+        arrays, labels, names = [], [], []
+        for i, way, image in drawn_close_ups(files, seed, finder, spec):
+            arrays.append(to_input(image, spec))
+            labels.append(WAYS[way])
+            names.append(f"{files[i][0].parent.name}/{files[i][0].name} ({way})")
+        if not arrays:
+            raise DatasetError(f"no bare close-up of {folders.name}'s {name} split has a face "
+                               "to draw a mask on: train without --drawn-masks")
+        part.x[name] = np.stack(arrays)
+        part.labels[name], part.names[name] = labels, names
+        ways[name] = {w: sum(n.endswith(f"({w})") for n in names) for w in WAYS}
+        _log(f"{name}: {len(names):,} drawn ({ways[name]}), {len(files) - len(names):,} passed "
+             "over (no single close-up face turned little enough)")
+    part.record = {"name": part.name, "kind": "masks drawn on bare close-ups "
+                   "(maskcore.drawn_masks)", "drawn_on": folders.name, "seed": seed,
+                   "ways_per_split": ways}
+    return part
+
+
 def run_training(
     data_dirs: Path | list[Path],
     out: Path,
@@ -214,6 +259,7 @@ def run_training(
     hue: float = TRAINING.hue,
     compute: str = "auto",
     crop_margin: float = CROP_MARGIN,
+    drawn_masks: bool = TRAINING.drawn_masks,
 ) -> dict[str, Any]:
     """Run the whole training job; returns the model card as a dict.
 
@@ -222,6 +268,9 @@ def run_training(
     their classes are united in :data:`CLASS_ORDER`. ``seed`` seeds the weights, the shuffles,
     the augmentation and the folder datasets' split; ``split_seed``, when given, seeds that split
     instead, so runs that differ only in their weights' seed are validated on the same pictures.
+    ``drawn_masks`` adds masks drawn on the folder datasets' bare close-ups, worn right and
+    wrongly (:mod:`maskcore.drawn_masks`), as a dataset of their own, with the class
+    ``mask_weared_incorrect`` they teach.
 
     Raises:
         DatasetError: fewer than 2 classes, or a class with no readable picture.
@@ -249,6 +298,9 @@ def run_training(
         parts.append(part)
         records[part.name] = rec
     names = {c for p in parts for s in p.labels.values() for c in s}
+    if drawn_masks:
+        parts += [_drawn_part(p, spec, seed) for p in list(parts) if p.bare]
+        names = {c for p in parts for s in p.labels.values() for c in s}
     # One folder dataset keeps its own order (its sorted folder names, as always); several
     # datasets unite their classes in the documented order.
     classes = sorted(names) if len(parts) == 1 and parts[0].kind == "folders" \

@@ -74,6 +74,43 @@ def test_the_pair_reads_crops_with_the_face_network_and_whole_pictures_with_both
     assert not np.allclose(whole, p, atol=1e-3)  # so the comparisons above could fail
 
 
+def test_a_close_up_network_of_every_class_reads_whole_pictures_alone(models, tmp_path):
+    """With a close-up network that knows the face network's three classes (as the bundled one
+    since it learned drawn masks), whole pictures are its output alone and do not run the face
+    network; the face network still comes back out of such a pair whole."""
+    import onnx
+
+    from maskcore.pairing import face_network
+
+    three = tmp_path / "closeups3"
+    _invoke("train", models["closeups_data"], models["voc"], "--out", three, *FAST,
+            "--seed", "5", "--split-seed", "0")
+    _invoke("pair", models["faces"], three, "--out", tmp_path / "pair")
+    pair = Engine(tmp_path / "pair", device="cpu", precision="fp32")
+    face = Engine(models["faces"], device="cpu", precision="fp32")
+    close = Engine(three, device="cpu", precision="fp32")
+    x = _pictures(models)
+    q = close.predict(x)
+    np.testing.assert_array_equal(pair.predict(x, whole=True), q)
+    np.testing.assert_allclose(pair.predict(x), face.predict(x), atol=1e-6)
+    assert not np.allclose(q, face.predict(x), atol=1e-3)  # two different readers
+    model = onnx.load(tmp_path / "pair" / "model.onnx")
+    (branch,) = [n for n in model.graph.node if n.op_type == "If"]
+    then = next(a.g for a in branch.attribute if a.name == "then_branch")
+    assert all(n.name.startswith(("closeup/", "pair/")) for n in then.node)
+    plain = face_network(model, output_name="probabilities")
+    onnx.save(plain, tmp_path / "face.onnx")
+    np.testing.assert_allclose(_run(tmp_path / "face.onnx", x), face.predict(x), atol=1e-6)
+
+
+def _run(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    out: np.ndarray = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"image": x})[0]
+    return out
+
+
 def test_the_card_says_what_was_joined(models):
     card = ModelCard.read(models["pair"] / CARD_NAME)
     assert card.onnx_sha256 == file_sha256(models["pair"] / "model.onnx")
