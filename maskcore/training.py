@@ -86,7 +86,7 @@ class _Part:
     """One dataset's contribution to each split: inputs, class names, display names."""
 
     name: str
-    kind: str  # "folders" or "boxes"
+    kind: str  # "folders", "boxes" or "drawn" (masks drawn on a folder dataset's bare faces)
     x: dict[str, np.ndarray]
     labels: dict[str, list[str]]
     names: dict[str, list[str]]
@@ -218,17 +218,18 @@ def _drawn_part(folders: _Part, spec: PreprocessSpec, seed: int) -> _Part:
         files = folders.bare[name]
         _log(f"drawing masks on the {len(files):,} bare close-ups of {folders.name}'s {name} "
              "split ...")
-        arrays, labels, names = [], [], []
+        arrays, labels, names, drawn = [], [], [], []
         for i, way, image in drawn_close_ups(files, seed, finder, spec):
             arrays.append(to_input(image, spec))
             labels.append(WAYS[way])
             names.append(f"{files[i][0].parent.name}/{files[i][0].name} ({way})")
+            drawn.append(way)
         if not arrays:
             raise DatasetError(f"no bare close-up of {folders.name}'s {name} split has a face "
                                "to draw a mask on: train without --drawn-masks")
         part.x[name] = np.stack(arrays)
         part.labels[name], part.names[name] = labels, names
-        ways[name] = {w: sum(n.endswith(f"({w})") for n in names) for w in WAYS}
+        ways[name] = {w: drawn.count(w) for w in WAYS}
         _log(f"{name}: {len(names):,} drawn ({ways[name]}), {len(files) - len(names):,} passed "
              "over (no single close-up face turned little enough)")
     part.record = {"name": part.name, "kind": "masks drawn on bare close-ups "
