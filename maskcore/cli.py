@@ -70,9 +70,10 @@ def main() -> None:
 
     \b
     Train the classifier on folder-per-class and boxed datasets (audit, train,
-    quantize, pair) and fine-tune the face detector on boxed ones (train-detector),
-    then classify folders and S3 prefixes in bulk (batch) or keep watching a
-    bucket (worker), and look at what a run found (report, evaluate).
+    quantize, pair; draw-masks writes the drawn wrongly worn masks it learns
+    from) and fine-tune the face detector on boxed ones (train-detector), then
+    classify folders and S3 prefixes in bulk (batch) or keep watching a bucket
+    (worker), and look at what a run found (report, evaluate).
     Every command has --help.
     """
 
