@@ -23,7 +23,7 @@ from maskcore.drawn_masks import WAYS, drawn_close_ups
 from maskcore.errors import DatasetError, UsageError
 from maskcore.progress import say
 from maskcore.split import read_split_record
-from maskcore.training import BARE_CLASS as BARE
+from maskcore.training import BARE_CLASS
 
 __all__ = ["draw_masks", "run_draw_masks"]
 
@@ -40,15 +40,15 @@ def run_draw_masks(data_dir: Path, out: Path, *, split: str = "val",
         UsageError: ``out`` already holds pictures.
     """
     index = scan(data_dir)
-    if BARE not in index.classes:
-        raise DatasetError(f"{data_dir} has no {BARE}/ folder of bare faces to draw masks on "
+    if BARE_CLASS not in index.classes:
+        raise DatasetError(f"{data_dir} has no {BARE_CLASS}/ folder of bare faces to draw masks on "
                            f"(classes: {', '.join(index.classes)})")
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} is not empty: give a new folder")
     wanted = None if split == "all" else set(read_split_record(split_record)["hashes"][split])
     files, seen = [], set()
     for sample in index.samples:
-        if index.classes[sample.label] != BARE:
+        if index.classes[sample.label] != BARE_CLASS:
             continue
         digest = hashlib.sha256(sample.path.read_bytes()).hexdigest()
         if digest not in seen and (wanted is None or digest in wanted):  # one of exact copies

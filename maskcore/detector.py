@@ -49,8 +49,8 @@ if TYPE_CHECKING:
     from maskcore.engine import Device
 
 __all__ = ["DEFAULT_DETECTOR", "DetectorSpec", "Detections", "FaceDetector", "anchors",
-           "box_areas", "decode_boxes", "encode_boxes", "letterbox", "merge_looks", "nms",
-           "overlap_areas", "suppress", "to_canvases"]
+           "box_areas", "canvas_of", "decode_boxes", "decode_centres", "encode_boxes",
+           "letterbox", "merge_looks", "nms", "overlap_areas", "suppress", "to_canvases"]
 
 #: The bundled detector's card (its ONNX file sits beside it).
 DEFAULT_DETECTOR = Path(__file__).resolve().parents[1] / "models" / "face_detector.json"
@@ -212,8 +212,7 @@ class FaceDetector:
 
     def prepare(self, image: Image.Image) -> tuple[np.ndarray, float]:
         """One RGB picture -> its canvas (3, H, W) float32 and the scale it was drawn at."""
-        pic, scale = letterbox(image, self.spec)
-        return to_canvases([pic], self.spec, (_up32(pic.shape[0]), _up32(pic.shape[1])))[0], scale
+        return canvas_of(image, self.spec)
 
     def run(self, canvases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The network on a batch (N, 3, H, W): box codes (N, A, 4) and face scores (N, A)."""
@@ -314,6 +313,13 @@ class FaceDetector:
             yield (s, s), group, to_canvases([pictures[i] for i in group], self.spec, (s, s), n)
 
 
+def canvas_of(image: Image.Image, spec: DetectorSpec) -> tuple[np.ndarray, float]:
+    """One RGB picture -> its canvas (3, H, W) float32, the shape of the picture drawn at
+    ``spec.canvas`` and rounded up to 32, and the scale it was drawn at (as a CPU runs it)."""
+    pic, scale = letterbox(image, spec)
+    return to_canvases([pic], spec, (_up32(pic.shape[0]), _up32(pic.shape[1])))[0], scale
+
+
 def letterbox(image: Image.Image, spec: DetectorSpec, side: int | None = None
               ) -> tuple[np.ndarray, float]:
     """One RGB picture scaled so that its longer side is ``side`` (``spec.canvas`` unless
@@ -402,10 +408,7 @@ def decode_boxes(loc: np.ndarray, score: np.ndarray, spec: DetectorSpec, scale: 
     keep = np.flatnonzero(score >= spec.score_threshold)
     if not len(keep):
         return Detections()
-    a, code = priors[keep], loc[keep].astype(np.float32)
-    v_c, v_s = spec.variance
-    cxcy = a[:, :2] + code[:, :2] * v_c * a[:, 2:]
-    wh = a[:, 2:] * np.exp(code[:, 2:] * v_s)
+    cxcy, wh = decode_centres(priors[keep], loc[keep].astype(np.float32), spec.variance)
     sx, sy, dx, dy = spec.box_adjust
     cxcy = cxcy + wh * np.asarray([dx, dy], np.float32)
     wh = wh * np.asarray([sx, sy], np.float32)
@@ -418,6 +421,16 @@ def decode_boxes(loc: np.ndarray, score: np.ndarray, spec: DetectorSpec, scale: 
     boxes, scores = boxes[wide], scores[wide]
     chosen, extent = suppress(boxes, scores, spec.nms_iou, spec.nested)
     return Detections(boxes[chosen], scores[chosen], extent)[: spec.max_faces]
+
+
+def decode_centres(priors: np.ndarray, codes: np.ndarray, variance: tuple[float, float]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Box codes (A, 4) of ``priors`` (A, 4 as cx, cy, w, h) -> the boxes' centres (A, 2) and
+    sizes (A, 2) in canvas pixels; ``variance``: the spec's centre and size variances. The
+    inverse of :func:`encode_boxes`."""
+    v_c, v_s = variance
+    return (priors[:, :2] + codes[:, :2] * v_c * priors[:, 2:],
+            priors[:, 2:] * np.exp(codes[:, 2:] * v_s))
 
 
 def encode_boxes(priors: np.ndarray, boxes: np.ndarray, variance: tuple[float, float]

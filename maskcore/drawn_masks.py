@@ -26,7 +26,6 @@ Training side only (ONNX Runtime, Pillow and NumPy; no TensorFlow).
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from maskcore.detector import DEFAULT_DETECTOR, DetectorSpec, anchors, letterbox, suppress, to_canvases
+from maskcore.detector import DEFAULT_DETECTOR, DetectorSpec, anchors, canvas_of, decode_centres, suppress
 from maskcore.errors import ImageDecodeError
 from maskcore.preprocess import DEFAULT_SPEC, PreprocessSpec, decode
 from maskcore.training import MASKED, WRONGLY_WORN
@@ -86,24 +85,22 @@ class LandmarkFinder:
         """(5, 2) landmarks in ``image``'s pixels (left eye, right eye, nose, left and right
         mouth corner, as seen), or None when the picture is not a close-up of one face turned
         little (see the module's notes)."""
-        pic, scale = letterbox(image, self.spec)
-        h, w = (math.ceil(n / 32) * 32 for n in pic.shape[:2])
-        loc, conf, marks = self.session.run(None, {"input": to_canvases([pic], self.spec, (h, w))})
+        canvas, scale = canvas_of(image, self.spec)
+        loc, conf, marks = self.session.run(None, {"input": canvas[None]})
         score = conf[0, :, 1]
         keep = np.flatnonzero(score >= _SCORE)
         if not len(keep):
             return None
-        prior = anchors(self.spec, h, w)[keep]
-        v_c, v_s = self.spec.variance
-        code = loc[0, keep]
-        centre = prior[:, :2] + code[:, :2] * v_c * prior[:, 2:]
-        size = prior[:, 2:] * np.exp(code[:, 2:] * v_s)
+        prior = anchors(self.spec, *canvas.shape[1:])[keep]
+        centre, size = decode_centres(prior, loc[0, keep], self.spec.variance)
         boxes = (np.concatenate([centre - size / 2, centre + size / 2], 1) / scale
                  ).astype(np.float32)
         chosen, _ = suppress(boxes, score[keep].astype(np.float32), self.spec.nms_iou)
         if len(chosen) != 1:  # another face too: whose picture is it?
             return None
         i = int(chosen[0])
+        # Each landmark is coded as a box centre is, against the same anchor.
+        v_c = self.spec.variance[0]
         points = (prior[i, None, :2] + marks[0, keep[i]].reshape(5, 2) * v_c * prior[i, None, 2:]
                   ) / scale
         x0, y0, x1, y1 = boxes[i]
@@ -144,9 +141,10 @@ def _frame(marks: np.ndarray) -> _Frame:
     return _Frame(origin, across, down, float(np.linalg.norm(right - left)), drop)
 
 
-def _outline(marks: np.ndarray, way: str, rng: random.Random) -> list[tuple[float, float]]:
-    """The mask's polygon: a top edge, then the bottom edge back, in picture pixels."""
-    f = _frame(marks)
+def _outline(marks: np.ndarray, f: _Frame, way: str, rng: random.Random
+             ) -> list[tuple[float, float]]:
+    """The mask's polygon on the face of ``marks`` (whose axes are ``f``): a top edge, then the
+    bottom edge back, in picture pixels."""
     nose = float(np.dot(marks[2] - f.origin, f.down)) / max(f.drop, 1e-6)  # about 0.55
     wide = rng.uniform(0.92, 1.08)
     jitter = rng.uniform(-0.04, 0.04)
@@ -173,8 +171,8 @@ def draw_mask(image: Image.Image, marks: np.ndarray, way: str, rng: random.Rando
               ) -> Image.Image:
     """``image`` (RGB) with a mask drawn on the face of ``marks`` (:meth:`LandmarkFinder.find`)
     worn ``way`` (one of :data:`WAYS`); ``rng`` draws its colour, size and exact place."""
-    polygon = _outline(marks, way, rng)
     f = _frame(marks)
+    polygon = _outline(marks, f, way, rng)
     colour = rng.choice(_COLOURS)
     shade = tuple(int(c * 0.8) for c in colour)
     layer = Image.new("RGB", image.size, colour)

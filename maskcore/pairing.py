@@ -102,30 +102,17 @@ def join_networks(face: onnx.ModelProto, closeup: onnx.ModelProto, *, input_name
     face_nodes = list(g.node)
     del g.node[:]
 
-    consts = [numpy_helper.from_array(np.array([n_close], np.int64), _JOIN + "start"),
-              numpy_helper.from_array(np.array([n_face], np.int64), _JOIN + "end"),
-              numpy_helper.from_array(np.array([1], np.int64), _JOIN + "axis"),
-              numpy_helper.from_array(np.array(1.0, np.float32), _JOIN + "one")]
-    joining = [
-        helper.make_node("Slice", [p, _JOIN + "start", _JOIN + "end", _JOIN + "axis"],
-                         [_JOIN + "only_face"], name=_JOIN + "only_face"),
-        helper.make_node("ReduceSum", [_JOIN + "only_face", _JOIN + "axis"],
-                         [_JOIN + "only_face_sum"], keepdims=1, name=_JOIN + "only_face_sum"),
-        helper.make_node("Sub", [_JOIN + "one", _JOIN + "only_face_sum"], [_JOIN + "shared"],
-                         name=_JOIN + "shared"),
-        helper.make_node("Mul", [_JOIN + "shared", q], [_JOIN + "split"], name=_JOIN + "split"),
-        helper.make_node("Concat", [_JOIN + "split", _JOIN + "only_face"], [_JOIN + "whole"],
-                         axis=1, name=_JOIN + "whole"),
-    ]
     if n_close == n_face:  # the close-up network alone: whole = q
-        joining = [helper.make_node("Identity", [q], [_JOIN + "whole"], name=_JOIN + "whole")]
-        consts, whole_nodes = [], [*cg.node]
+        whole_nodes = [*cg.node,
+                       helper.make_node("Identity", [q], [_JOIN + "whole"], name=_JOIN + "whole")]
+        whole_inits = [*cg.initializer]
     else:
-        whole_nodes = [*cg.node, *_copies(face_nodes)]
+        whole_nodes = [*cg.node, *_copies(face_nodes), *_joining(p, q)]
+        whole_inits = [*cg.initializer, *_joining_constants(n_close, n_face)]
     out_info = [helper.make_tensor_value_info(_JOIN + "whole", TensorProto.FLOAT,
                                               ["batch", n_face])]
-    then_branch = helper.make_graph([*whole_nodes, *joining], "whole_picture", [], out_info,
-                                    initializer=[*cg.initializer, *consts])
+    then_branch = helper.make_graph(whole_nodes, "whole_picture", [], out_info,
+                                    initializer=whole_inits)
     else_branch = helper.make_graph(
         [*face_nodes, helper.make_node("Identity", [p], [_JOIN + "face"], name=_JOIN + "face")],
         "face_crop", [],
@@ -244,6 +231,30 @@ def pair_models(faces_dir: Path, closeups_dir: Path, out: Path, *,
     log(f"wrote {card_path}: model id {face.model_id}"
         + (f", int8 {model_id_of(written['int8'][1])}" if "int8" in written else ""))
     return face
+
+
+def _joining(p: str, q: str) -> list[onnx.NodeProto]:
+    """The nodes of the rule in the module's notes: ``p`` the face network's probabilities,
+    ``q`` the close-up network's; the result is ``pair/whole``."""
+    return [
+        helper.make_node("Slice", [p, _JOIN + "start", _JOIN + "end", _JOIN + "axis"],
+                         [_JOIN + "only_face"], name=_JOIN + "only_face"),
+        helper.make_node("ReduceSum", [_JOIN + "only_face", _JOIN + "axis"],
+                         [_JOIN + "only_face_sum"], keepdims=1, name=_JOIN + "only_face_sum"),
+        helper.make_node("Sub", [_JOIN + "one", _JOIN + "only_face_sum"], [_JOIN + "shared"],
+                         name=_JOIN + "shared"),
+        helper.make_node("Mul", [_JOIN + "shared", q], [_JOIN + "split"], name=_JOIN + "split"),
+        helper.make_node("Concat", [_JOIN + "split", _JOIN + "only_face"], [_JOIN + "whole"],
+                         axis=1, name=_JOIN + "whole"),
+    ]
+
+
+def _joining_constants(n_close: int, n_face: int) -> list[onnx.TensorProto]:
+    """The constants :func:`_joining` reads: which of the face network's classes are its own."""
+    return [numpy_helper.from_array(np.array([n_close], np.int64), _JOIN + "start"),
+            numpy_helper.from_array(np.array([n_face], np.int64), _JOIN + "end"),
+            numpy_helper.from_array(np.array([1], np.int64), _JOIN + "axis"),
+            numpy_helper.from_array(np.array(1.0, np.float32), _JOIN + "one")]
 
 
 def _copies(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
