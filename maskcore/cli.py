@@ -41,6 +41,7 @@ COMMANDS: dict[str, str] = {
     "quantize": "jobs.quantize:quantize",
     "pair": "jobs.pair:pair",
     "draw-masks": "jobs.draw_masks:draw_masks",
+    "cut-faces": "jobs.cut_faces:cut_faces",
     "batch": "jobs.batch:batch",
     "worker": "jobs.worker:worker",
     "evaluate": "jobs.evaluate:evaluate",
@@ -71,7 +72,8 @@ def main() -> None:
     \b
     Train the classifier on folder-per-class and boxed datasets (audit, train,
     quantize, pair; draw-masks writes the drawn wrongly worn masks it learns
-    from) and fine-tune the face detector on boxed ones (train-detector), then
+    from, cut-faces a boxed dataset's faces as close-ups to score on) and
+    fine-tune the face detector on boxed ones (train-detector), then
     classify folders and S3 prefixes in bulk (batch) or keep watching a bucket
     (worker), and look at what a run found (report, evaluate).
     Every command has --help.

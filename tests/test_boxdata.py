@@ -176,3 +176,36 @@ def test_audit_command_on_a_box_dataset(tmp_path):
     # Pointed at the pictures' folder, it names the dataset to give instead.
     r = CliRunner().invoke(main, ["audit", str(root / "images")])
     assert r.exit_code == 2 and f"of the box dataset {root}: give that" in r.output, r.output
+
+
+def test_cut_faces_writes_each_boxed_face_of_a_split_as_a_picture(tmp_path):
+    root = make_voc(tmp_path / "voc", pictures=12)
+    out = tmp_path / "cut"
+    r = CliRunner().invoke(main, ["cut-faces", str(root), "--out", str(out), "--split", "all",
+                                  "--margin", "0.5", "--min-width", "25"])
+    assert r.exit_code == 0, r.output
+    # the three 30 px faces of each picture; the clipped 20 px box is under --min-width
+    for label in KINDS:
+        assert len(list((out / label).glob("*.png"))) == 12
+    voc = read_voc(root / "annotations" / "p003.xml")
+    picture = Image.open(root / "images" / "p003.png")
+    for i, box in enumerate(voc.boxes[:3]):
+        cut = Image.open(out / box.label / f"p003_{i}.png")
+        cx, cy = (box.xyxy[0] + box.xyxy[2]) / 2, (box.xyxy[1] + box.xyxy[3]) / 2
+        region = (int(np.floor(cx - 30)), int(np.floor(cy - 30)), int(np.ceil(cx + 30)),
+                  int(np.ceil(cy + 30)))  # 30 px and half of it on each side, square
+        region = (max(region[0], 0), max(region[1], 0), min(region[2], 160),
+                  min(region[3], 120))
+        assert np.array_equal(np.asarray(cut), np.asarray(picture.crop(region)))
+    # --split keeps the faces of that split's pictures only, as training splits them
+    val = [p.stem for p in sorted((root / "images").glob("*.png"))
+           if split_of_digest(hashlib.sha256(p.read_bytes()).hexdigest()) == "val"]
+    assert 0 < len(val) < 12, "the made pictures should fall in more than one split"
+    r = CliRunner().invoke(main, ["cut-faces", str(root), "--out", str(tmp_path / "val"),
+                                  "--min-width", "0"])
+    assert r.exit_code == 0, r.output
+    written = sorted(p.stem for p in (tmp_path / "val").rglob("*.png"))
+    assert written == sorted(f"{stem}_{i}" for stem in val for i in range(4))
+    # a folder that holds files already is refused, not mixed into
+    r = CliRunner().invoke(main, ["cut-faces", str(root), "--out", str(out)])
+    assert r.exit_code == 2 and "not empty" in r.output

@@ -28,8 +28,8 @@ from maskcore.detector import (
     suppress,
 )
 from maskcore.evaluate import evaluate_run, iou_matrix
-from maskcore.faces import open_analyzer
-from maskcore.preprocess import DEFAULT_SPEC, crop_face, decode, face_region
+from maskcore.faces import open_analyzer, read_closeup
+from maskcore.preprocess import DEFAULT_SPEC, crop_face, decode, face_region, to_input
 from maskcore.storage import LocalSource
 from tests.conftest import EXAMPLES
 from tests.helpers import encode, gradient
@@ -201,6 +201,44 @@ def test_a_close_up_face_is_one_face_row(detector, tmp_path):
     main = found.main_face(0.2, (picture.width, picture.height))
     assert main >= 0
     assert len(_job_boxes(tmp_path, HALVES.name, HALVES.read_bytes())) == 1
+
+
+def test_a_close_ups_main_face_is_read_whole_and_as_its_crop():
+    """The bundled pair reads a close-up's main face twice, the whole picture through its
+    close-up network and the face's crop through its face network, and joins the two reads."""
+    analyzer = open_analyzer(None, device="cpu")
+    source = LocalSource(FACE)
+    items = decode_refs(source, list(source.list()), analyzer.engine.spec,
+                        analyzer.detector_spec)[0]
+    (result,) = analyzer.infer(items)
+    assert result.closeup_face >= 0, "the example close-up is no longer taken for one"
+    engine, picture = analyzer.engine, items[0].picture
+    whole = engine.predict(to_input(picture.image, engine.spec)[None], whole=True)[0]
+    crop = engine.predict(crop_face(picture, result.boxes[result.closeup_face], engine.spec,
+                                    analyzer.margin)[None], whole=False)[0]
+    joined = result.face_proba[result.closeup_face]
+    assert joined.tolist() == pytest.approx(read_closeup(whole, crop, engine.classes).tolist(),
+                                            rel=1e-4, abs=1e-7)
+    # both reads count: the join is neither read alone (both are sure it is bare, to different
+    # small shares of the other classes)
+    assert joined.tolist() != pytest.approx(whole.tolist(), rel=1e-2, abs=1e-7)
+    assert joined.tolist() != pytest.approx(crop.tolist(), rel=1e-2, abs=1e-7)
+
+
+def test_joined_close_up_reads_keep_the_larger_wrongly_worn_probability():
+    classes = ("with_mask", "without_mask", "mask_weared_incorrect")
+    whole = np.array([0.7, 0.1, 0.2], np.float32)  # the close-up network
+    crop = np.array([0.3, 0.1, 0.6], np.float32)  # the face network saw it worn wrongly
+    joined = read_closeup(whole, crop, classes)
+    # the third class takes 0.6; the rest (0.4) is shared 0.5 : 0.1 as the mean shares it
+    assert joined.tolist() == pytest.approx([0.4 * 5 / 6, 0.4 / 6, 0.6])
+    assert read_closeup(crop, whole, classes).tolist() == pytest.approx(joined.tolist())
+    # sure of the third class both ways: nothing left to share, and no division by zero
+    sure = np.array([0.0, 0.0, 1.0], np.float32)
+    assert read_closeup(sure, sure, classes).tolist() == [0.0, 0.0, 1.0]
+    # a model without that class: the mean of the two reads
+    assert read_closeup(np.array([0.9, 0.1]), np.array([0.5, 0.5]),
+                        classes[:2]).tolist() == pytest.approx([0.7, 0.3])
 
 
 def test_parts_of_the_main_face_are_told_by_how_much_of_them_lies_over_it():
