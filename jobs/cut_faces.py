@@ -18,16 +18,15 @@ from pathlib import Path
 
 import click
 
+from jobs.draw_masks import SPLITS, new_folder, out_option
 from maskcore.boxdata import box_files
 from maskcore.cli import run_command
-from maskcore.errors import ImageDecodeError, UsageError
+from maskcore.errors import ImageDecodeError
 from maskcore.preprocess import decode, face_region
 from maskcore.progress import say
 from maskcore.voc import read_voc, split_of_digest
 
 __all__ = ["cut_faces", "run_cut_faces"]
-
-SPLITS = ("train", "val", "test", "all")
 
 
 def run_cut_faces(data_dir: Path, out: Path, *, split: str = "val", margin: float = 0.5,
@@ -42,8 +41,7 @@ def run_cut_faces(data_dir: Path, out: Path, *, split: str = "val", margin: floa
         UsageError: ``out`` already holds files.
     """
     pairs = box_files(data_dir)
-    if out.exists() and any(out.iterdir()):
-        raise UsageError(f"{out} is not empty: give a new folder")
+    new_folder(out)
     counts: Counter[str] = Counter()
     unreadable = 0
     for image_path, xml_path in pairs:
@@ -71,8 +69,7 @@ def run_cut_faces(data_dir: Path, out: Path, *, split: str = "val", margin: floa
 
 @click.command(short_help="Cut a box dataset's faces out as pictures, in class folders.")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="A new folder for the pictures, in class folders.")
+@out_option
 @click.option("--split", type=click.Choice(SPLITS), default="val", show_default=True,
               help="Faces of the pictures of this split (by picture, as training splits box "
                    "datasets); all: every picture.")

@@ -25,9 +25,25 @@ from maskcore.progress import say
 from maskcore.split import read_split_record
 from maskcore.training import BARE_CLASS
 
-__all__ = ["draw_masks", "run_draw_masks"]
+__all__ = ["SPLITS", "draw_masks", "new_folder", "out_option", "run_draw_masks"]
 
+#: What --split takes in the commands that write pictures to score on (this and cut-faces).
 SPLITS = ("train", "val", "test", "all")
+
+#: Their --out: a new folder, so that a second run cannot mix its pictures into a first's.
+out_option = click.option("--out", required=True,
+                          type=click.Path(file_okay=False, path_type=Path),
+                          help="A new folder for the pictures, in class folders.")
+
+
+def new_folder(out: Path) -> None:
+    """Refuse an ``out`` that already holds files (see :data:`out_option`).
+
+    Raises:
+        UsageError: it does.
+    """
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{out} is not empty: give a new folder")
 
 
 def run_draw_masks(data_dir: Path, out: Path, *, split: str = "val",
@@ -43,8 +59,7 @@ def run_draw_masks(data_dir: Path, out: Path, *, split: str = "val",
     if BARE_CLASS not in index.classes:
         raise DatasetError(f"{data_dir} has no {BARE_CLASS}/ folder of bare faces to draw masks on "
                            f"(classes: {', '.join(index.classes)})")
-    if out.exists() and any(out.iterdir()):
-        raise UsageError(f"{out} is not empty: give a new folder")
+    new_folder(out)
     wanted = None if split == "all" else set(read_split_record(split_record)["hashes"][split])
     files, seen = [], set()
     for sample in index.samples:
@@ -69,8 +84,7 @@ def run_draw_masks(data_dir: Path, out: Path, *, split: str = "val",
 
 @click.command(short_help="Draw masks, worn right and wrongly, on bare close-ups.")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="A new folder for the pictures, in class folders.")
+@out_option
 @click.option("--split", type=click.Choice(SPLITS), default="val", show_default=True,
               help="Which close-ups, by the split record; all: every bare close-up.")
 @click.option("--split-record", type=click.Path(exists=True, path_type=Path),
