@@ -35,10 +35,11 @@ __all__ = ["Analyzer", "FaceOptions", "PictureResult", "load_analyzer", "open_an
            "read_closeup", "results_id"]
 
 #: A picture whose largest face covers at least this share of its area is a close-up of that
-#: face: the classifier sees the whole picture for it, as close-ups are seen in training, and
-#: that face alone decides the picture's verdict (the small boxes around a close-up were
-#: mostly false or background faces on the close-ups' validation split). Chosen on the
-#: validation pictures of both datasets; ``FaceOptions.closeup`` overrides it (1 turns it off).
+#: face: the classifier sees the whole picture for it, as close-ups are seen in training (a
+#: pair's face network its crop as well: :func:`read_closeup`), and that face alone decides
+#: the picture's verdict (the small boxes around a close-up were mostly false or background
+#: faces on the close-ups' validation split). Chosen on the validation pictures of both
+#: datasets; ``FaceOptions.closeup`` overrides it (1 turns it off).
 CLOSEUP_SHARE = 0.2
 
 #: In a close-up, another box lying at least this share of its own area over the main face's
