@@ -32,7 +32,7 @@ import numpy as np
 
 from maskcore.detector import box_areas, overlap_areas
 from maskcore.errors import UsageError
-from maskcore.metrics import ratio, wilson
+from maskcore.metrics import format_interval, ratio, wilson
 from maskcore.results import open_results
 from maskcore.voc import BoxFile, scan_voc, split_of_digest
 
@@ -278,8 +278,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"  accuracy (with / without)  {pct(lab['accuracy_with_without'])}",
     ]
     for c, m in lab["per_class"].items():
-        lines.append(f"  {c:<26} recall {pct(m['recall'])}  precision {pct(m['precision'])}"
-                     f"  ({m['faces']} faces)")
+        lines.append(f"  {c:<26} recall {pct(m['recall'])} {format_interval(m['recall_ci95'])}  precision "
+                     f"{pct(m['precision'])}  ({m['faces']} faces)")
     lines += ["", "average precision"]
     for c, ap in report["average_precision"].items():
         lines.append(f"  {c:<26} {ap:.3f}")

@@ -25,7 +25,7 @@ from typing import Any
 
 from maskcore.errors import ModelError, UsageError
 from maskcore.evaluate import SPLITS
-from maskcore.metrics import ratio, wilson
+from maskcore.metrics import format_interval, ratio, wilson
 from maskcore.results import RunResults, open_results
 from maskcore.split import read_split_record, split_record_path
 
@@ -128,6 +128,7 @@ def evaluate_classes(results: str | Path, *, split: str = "all",
         given = sum(confusion[t][c] for t in present)
         per_class[c] = {"pictures": sum(confusion[c].values()),
                         "recall": ratio(confusion[c][c], sum(confusion[c].values())),
+                        "recall_ci95": wilson(confusion[c][c], sum(confusion[c].values())),
                         "precision": ratio(confusion[c][c], given)}
     wrong.sort(key=lambda w: (-(w["score"] or 0.0), w["source"]))
     return {
@@ -163,8 +164,8 @@ def format_class_report(report: dict[str, Any]) -> str:
              f"  accuracy   {pct(report['accuracy'])}   95% CI {report['accuracy_ci95']}"
              f"   ({report['wrong']} wrong)"]
     for c, m in report["per_class"].items():
-        lines.append(f"  {c:<24} recall {pct(m['recall'])}  precision {pct(m['precision'])}"
-                     f"  ({m['pictures']} pictures)")
+        lines.append(f"  {c:<24} recall {pct(m['recall'])} {format_interval(m['recall_ci95'])}  precision "
+                     f"{pct(m['precision'])}  ({m['pictures']} pictures)")
     labels = report["confusion"]["columns"]
     rows = report["confusion"]["rows"]
     first = max(len(c) for c in rows) + 2

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["evaluate", "expected_calibration_error", "ratio", "roc_auc", "summary_line", "wilson"]
+__all__ = ["evaluate", "expected_calibration_error", "format_interval", "ratio", "roc_auc",
+           "summary_line", "wilson"]
 
 
 def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
@@ -118,3 +119,8 @@ def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return [round(centre - half, 4), round(centre + half, 4)]
+
+
+def format_interval(ci: list[float] | None) -> str:
+    """A :func:`wilson` interval for a report line: ``(95% CI 0.38-0.96)``, or ``""``."""
+    return "" if ci is None else f"(95% CI {ci[0]:.2f}-{ci[1]:.2f})"

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from maskcore.cli import main
 from maskcore.errors import UsageError
 from maskcore.evaluate_classes import evaluate_classes, true_class
+from maskcore.metrics import wilson
 from maskcore.results import RunResults
 from tests.conftest import BUNDLED_MODEL
 
@@ -78,8 +79,15 @@ def test_a_run_over_class_folders_is_scored_picture_by_picture(tmp_path, dataset
         assert sum(counts[c]) == report["per_class"][c]["pictures"] == len(mine)
         col = report["confusion"]["columns"].index(c)
         assert counts[c][col] == sum(r["label"] == c for r in mine)
+        # the recall's interval is Wilson's, and the terminal table prints it
+        lo, hi = report["per_class"][c]["recall_ci95"]
+        assert [lo, hi] == wilson(counts[c][col], len(mine))
+        assert lo <= report["per_class"][c]["recall"] <= hi
     r = CliRunner().invoke(main, ["evaluate", str(tmp_path / "out"), "--classes"])
     assert r.exit_code == 0, r.output
+    for c in CLASSES:
+        lo, hi = report["per_class"][c]["recall_ci95"]
+        assert f"(95% CI {lo:.2f}-{hi:.2f})" in r.output
     assert f"({len(wrong)} wrong)" in r.output and "1 exact copy counted once" in r.output
     assert "1 file in misc/, not a class of the model" in r.output
 
