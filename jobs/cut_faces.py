@@ -18,10 +18,11 @@ from pathlib import Path
 
 import click
 
-from jobs.draw_masks import SPLITS, new_folder, out_option
+from jobs.draw_masks import new_folder, out_option
 from maskcore.boxdata import box_files
 from maskcore.cli import run_command
 from maskcore.errors import ImageDecodeError
+from maskcore.evaluate import SPLITS
 from maskcore.preprocess import decode, face_region
 from maskcore.progress import say
 from maskcore.voc import read_voc, split_of_digest

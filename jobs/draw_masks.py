@@ -21,16 +21,15 @@ from maskcore.dataset import scan
 from maskcore.detector import DEFAULT_DETECTOR
 from maskcore.drawn_masks import WAYS, drawn_close_ups
 from maskcore.errors import DatasetError, UsageError
+from maskcore.evaluate import SPLITS
+from maskcore.manifest import BARE_CLASS
 from maskcore.progress import say
 from maskcore.split import read_split_record
-from maskcore.training import BARE_CLASS
 
-__all__ = ["SPLITS", "draw_masks", "new_folder", "out_option", "run_draw_masks"]
+__all__ = ["draw_masks", "new_folder", "out_option", "run_draw_masks"]
 
-#: What --split takes in the commands that write pictures to score on (this and cut-faces).
-SPLITS = ("train", "val", "test", "all")
-
-#: Their --out: a new folder, so that a second run cannot mix its pictures into a first's.
+#: The --out of the commands that write pictures to score on (this and cut-faces): a new
+#: folder, so that a second run cannot mix its pictures into a first's.
 out_option = click.option("--out", required=True,
                           type=click.Path(file_okay=False, path_type=Path),
                           help="A new folder for the pictures, in class folders.")

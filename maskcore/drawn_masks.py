@@ -36,8 +36,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from maskcore.detector import DEFAULT_DETECTOR, DetectorSpec, anchors, canvas_of, decode_centres, suppress
 from maskcore.errors import ImageDecodeError
+from maskcore.manifest import MASKED, WRONGLY_WORN
 from maskcore.preprocess import DEFAULT_SPEC, PreprocessSpec, decode
-from maskcore.training import MASKED, WRONGLY_WORN
 
 __all__ = ["WAYS", "LandmarkFinder", "draw_mask", "drawn_close_ups", "way_for"]
 

@@ -27,7 +27,7 @@ from maskcore.decode import DecodedItem, RefFacts, finer_picture, stack_inputs
 from maskcore.detector import DetectorSpec, FaceDetector
 from maskcore.engine import Device, Engine
 from maskcore.errors import UsageError
-from maskcore.manifest import VERDICT_ORDER
+from maskcore.manifest import WRONGLY_WORN
 from maskcore.preprocess import CROP_MARGIN, Picture, crop_face, to_input
 from maskcore.settings import ENV
 
@@ -52,10 +52,6 @@ CLOSEUP_SHARE = 0.2
 #: rows and counts do (docs/MODEL.md).
 CLOSEUP_PART = 0.3
 
-#: The class a pair's two networks learned from different pictures: the close-up network from
-#: masks drawn on close-ups, the face network from photographed street faces.
-_WRONGLY_WORN = VERDICT_ORDER[1]
-
 
 def read_closeup(whole: np.ndarray, crop: np.ndarray, classes: Sequence[str]) -> np.ndarray:
     """A close-up's main face from its two reads: the whole picture (a pair's close-up network)
@@ -70,9 +66,9 @@ def read_closeup(whole: np.ndarray, crop: np.ndarray, classes: Sequence[str]) ->
     wrong, and more masks worn wrongly were found on both kinds (docs/MODEL.md).
     """
     mean: np.ndarray = (np.asarray(whole, np.float32) + np.asarray(crop, np.float32)) / 2
-    if _WRONGLY_WORN not in classes:
+    if WRONGLY_WORN not in classes:
         return mean
-    j = list(classes).index(_WRONGLY_WORN)
+    j = list(classes).index(WRONGLY_WORN)
     top = max(float(whole[j]), float(crop[j]))
     rest = float(mean.sum() - mean[j])
     out: np.ndarray = mean * np.float32((1 - top) / rest if rest > 0 else 0.0)

@@ -28,12 +28,16 @@ from maskcore.clock import utc_now
 from maskcore.errors import StorageError
 
 __all__ = [
+    "BARE_CLASS",
+    "CLASS_ORDER",
     "ERROR_KINDS",
     "FACE_FIELDS",
     "FACE_ROWS",
     "FIELDS",
+    "MASKED",
     "RowBuilder",
     "VERDICT_ORDER",
+    "WRONGLY_WORN",
     "is_transient",
     "ManifestWriter",
     "Tally",
@@ -159,9 +163,14 @@ def error_row(
     }
 
 
+#: The classes the project names, in their documented order: a model trained on several
+#: datasets (or on box datasets) lists these first, in this order (``maskcore.training``).
+CLASS_ORDER = ("with_mask", "without_mask", "mask_weared_incorrect")
+MASKED, BARE_CLASS, WRONGLY_WORN = CLASS_ORDER
+
 #: A picture's verdict is its most serious face label, in this order; labels not listed
 #: (``uncertain``) count only when a picture has no other.
-VERDICT_ORDER = ("without_mask", "mask_weared_incorrect", "with_mask")
+VERDICT_ORDER = (BARE_CLASS, WRONGLY_WORN, MASKED)
 
 
 def verdict_of(labels: list[str]) -> str:

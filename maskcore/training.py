@@ -26,13 +26,13 @@ from maskcore.card import ModelCard, file_sha256
 from maskcore.clock import utc_now
 from maskcore.dataset import IMBALANCE_RATIO, audit, format_audit, inspect, scan
 from maskcore.errors import DatasetError, ModelError
+from maskcore.manifest import BARE_CLASS, CLASS_ORDER
 from maskcore.metrics import evaluate, summary_line
 from maskcore.preprocess import CROP_MARGIN, PreprocessSpec, to_input
 from maskcore.progress import say
 from maskcore.split import split_dataset, write_split_record
 
-__all__ = ["BARE_CLASS", "CLASS_ORDER", "MASKED", "TRAINING", "WRONGLY_WORN", "TrainingDefaults",
-           "ordered_classes", "run_training"]
+__all__ = ["TRAINING", "TrainingDefaults", "ordered_classes", "run_training"]
 
 
 @dataclass(frozen=True)
@@ -65,11 +65,9 @@ def _log(msg: str) -> None:
     say(msg, job="train")
 
 
-#: Class order of a model trained on several datasets (or on box datasets): these first, in this
-#: order, then any other class name, sorted. One folder-per-class dataset alone keeps its sorted
-#: folder names.
-CLASS_ORDER = ("with_mask", "without_mask", "mask_weared_incorrect")
-MASKED, BARE_CLASS, WRONGLY_WORN = CLASS_ORDER
+# Class order of a model trained on several datasets (or on box datasets): CLASS_ORDER first,
+# in its order, then any other class name, sorted. One folder-per-class dataset alone keeps its
+# sorted folder names.
 
 #: Class weights are inverse class frequencies, capped here: the rare class (93 of 3,246 street
 #: faces, none among the close-ups) would otherwise weigh about 40 times a common one.
