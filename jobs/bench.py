@@ -79,14 +79,15 @@ def bench_decode(pool: Executor, refs: list[Ref], engine: Engine) -> tuple[float
     return time.perf_counter() - t0, stack_inputs(arrays, engine.spec)
 
 
-def bench_detector(paths: list[Path], device: Device, threads: int | None) -> tuple[float, int]:
+def bench_detector(paths: list[Path], device: Device, threads: int | None,
+                   precision: Precision = "auto") -> tuple[float, int]:
     """The face detector's network alone, called as the job calls it (one canvas of the
-    picture's shape a call on a CPU, batches of square canvases on CUDA); decoding and
-    letterboxing not counted."""
+    picture's shape a call on a CPU, batches of square canvases on CUDA; the variant the job
+    runs unless ``precision`` says which); decoding and letterboxing not counted."""
     from maskcore.detector import FaceDetector, letterbox
     from maskcore.preprocess import decode
 
-    det = FaceDetector(device=device, threads=threads)
+    det = FaceDetector(device=device, threads=threads, precision=precision)
     pictures = [letterbox(decode(p.read_bytes()).image, det.spec)[0] for p in paths]
     batches = [batch for _, _, batch in det.batches(pictures)]
     det.run(batches[0])  # warm-up
@@ -173,6 +174,8 @@ def bench(data: Path, model: str, limit: int, workers: int | None, device: Devic
                             show_progress=False)
             results["i"], counts["i"] = big["wall_seconds"], big["total"]
             results["h1"], counts["h1"] = bench_detector(street_paths, device, 1)
+            if device != "cuda":  # what the detector's int8 variant saves
+                results["h1f"], counts["h1f"] = bench_detector(street_paths, device, 1, "fp32")
 
         if _has("ray"):
             ray_summary = run_batch(str(tmp / "in"), tmp / "out_ray", model=model, device=device,
@@ -261,6 +264,7 @@ def _table(rate: dict[str, float], secs: dict[str, float], n: int, stages: dict[
         "e1_crops": "ONNX Runtime inference, 1 thread, read as face crops",
         "e1f": "ONNX Runtime inference, 1 thread, float32 (for comparison)",
         "h1": "face detector network alone, 1 thread",
+        "h1f": "face detector network alone, 1 thread, float32 (for comparison)",
     }
     lines = ["| stage | seconds | pictures/s |", "| --- | ---: | ---: |"]
     goal_g = rate.get("g")
@@ -288,8 +292,10 @@ INT8_NOTE = """
 On a CPU the batch job runs the model's int8 variant (`models/model.int8.onnx`: convolutions
 quantized, the head left float32; see docs/MODEL.md). Its convolutions use the CPU's int8
 dot-product instructions (AVX-512 VNNI here), so one thread classifies more than twice as many
-pictures a second as float32 (the last two rows), and decoding, not inference, is now most of
-the cost of (c). With float32 the same job ran 540 pictures/s, 29 times (a).
+pictures a second as float32 (the rows "ONNX Runtime inference, 1 thread"), and decoding, not
+inference, is now most of the cost of (c). With float32 the same job ran 540 pictures/s, 29
+times (a). The face detector has an int8 variant too, its neck's convolutions quantized
+(`models/face_detector.int8.onnx`): the last two rows, and (g) and (h) run it.
 """
 
 

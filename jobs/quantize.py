@@ -1,4 +1,5 @@
-"""``maskcore quantize MODEL_DIR --data DATA_DIR``: add the int8 variant to a trained model.
+"""``maskcore quantize MODEL_DIR --data DATA_DIR [--detector]``: add the int8 variant to a
+trained model, or to a face detector.
 
 The training job makes the variant itself; this command does the same for a model trained before
 it did (the bundled model was given its variant this way). It needs the dataset the model was
@@ -22,7 +23,7 @@ from maskcore.errors import DatasetError, ModelError
 from maskcore.progress import say
 from maskcore.split import SPLIT_FILE, read_split_record, split_from_record
 
-__all__ = ["quantize", "run_quantize"]
+__all__ = ["quantize", "run_quantize", "run_quantize_detector"]
 
 
 def _log(msg: str) -> None:
@@ -81,17 +82,46 @@ def run_quantize(model_dir: Path, data_dir: Path, *, workers: int | None = None)
     return entry
 
 
-SHORT_HELP = "Add an int8 variant (fast on CPUs) to a trained model."
+def run_quantize_detector(model_dir: Path, data_dir: Path) -> dict[str, Any]:
+    """Write ``face_detector.int8.onnx`` beside the detector whose card is in ``model_dir`` and
+    list it in the card when it passes (:func:`maskcore.detector_training.make_detector_int8`);
+    returns the card.
+
+    Raises:
+        ModelError: no detector card in ``model_dir``.
+        DatasetError: ``data_dir`` is not a Pascal VOC dataset with training and validation
+            pictures.
+    """
+    from maskcore.detector import DEFAULT_DETECTOR
+    from maskcore.detector_training import make_detector_int8, read_splits
+
+    card_path = model_dir / DEFAULT_DETECTOR.name
+    if not card_path.is_file():
+        raise ModelError(f"no face detector's card {card_path}")
+    _log(f"reading the training and validation pictures of {data_dir} ...")
+    splits = read_splits(data_dir)
+    if not splits["train"] or not splits["val"]:
+        raise DatasetError(f"{data_dir}: {len(splits['train'])} training and "
+                           f"{len(splits['val'])} validation pictures with boxes; both are "
+                           "needed (images/ and annotations/, Pascal VOC)")
+    card: dict[str, Any] = make_detector_int8(card_path, splits["train"], splits["val"])
+    return card
+
+
+SHORT_HELP = "Add an int8 variant (fast on CPUs) to a trained model or face detector."
 
 
 @click.command(short_help=SHORT_HELP)
 @click.argument("model_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--data", "data_dir", required=True,
               type=click.Path(file_okay=False, path_type=Path),
-              help="The dataset the model was trained on (its split.json names the pictures).")
+              help="The dataset the model was trained on (its split.json names the pictures); "
+                   "with --detector, the Pascal VOC dataset the detector was fine-tuned on.")
 @click.option("--workers", type=int, default=None,
               help="Processes that decode the dataset [default: all cores].")
-def quantize(model_dir: Path, data_dir: Path, workers: int | None) -> None:
+@click.option("--detector", is_flag=True,
+              help="Quantize the face detector of MODEL_DIR (face_detector.json) instead.")
+def quantize(model_dir: Path, data_dir: Path, workers: int | None, detector: bool) -> None:
     """Quantize MODEL_DIR/model.onnx to int8, check it against float32, list it in the card.
 
     \b
@@ -99,7 +129,23 @@ def quantize(model_dir: Path, data_dir: Path, workers: int | None) -> None:
     its test split: the variant is kept (MODEL_DIR/model.int8.onnx, listed in model.json)
     only if their labels agree on at least 99.5% of the pictures. Its own test metrics
     go into the card. `batch` and `worker` run it on CPUs by default (--precision).
+
+    \b
+    With --detector: MODEL_DIR/face_detector.onnx, its neck's convolutions in int8,
+    calibrated on 120 training pictures of the VOC dataset --data (split by picture,
+    as `train-detector` splits it); kept (face_detector.int8.onnx, listed in
+    face_detector.json) only if, on its validation pictures, it finds the faces the
+    float32 network finds (recall at most 0.01 under, at most 0.05 more false boxes a
+    picture). `make train-detector` does this itself.
     """
+    if detector:
+        card = run_command(run_quantize_detector, model_dir, data_dir)
+        kept = card.get("int8") or card.get("training", {}).get("int8_dropped", {})
+        parity = kept.get("parity", {})
+        click.echo(f"detector int8 variant {'kept' if card.get('int8') else 'dropped'}: "
+                   f"validation recall {parity['int8']['recall']:.3f} against "
+                   f"{parity['fp32']['recall']:.3f} for float32")
+        return
     entry = run_command(run_quantize, model_dir, data_dir, workers=workers)
     verdict = "kept" if entry["parity"]["passed"] else "dropped"
     click.echo(f"int8 variant {verdict}: agreement {entry['parity']['label_agreement']:.2%}, "

@@ -85,7 +85,7 @@ def run_batch(
         ds = analyzer.detector.spec
         finer = f", {ds.fine_canvas} px for larger pictures" if ds.fine_canvas > ds.canvas else ""
         say(f"faces: detector {analyzer.detector_id} ({analyzer.detector.path.name}, "
-            f"canvas {ds.canvas} px{finer})")
+            f"{analyzer.detector.precision}, canvas {ds.canvas} px{finer})")
     refs = list(source.list())
     skipped = source.hidden_skipped if isinstance(source, LocalSource) else 0
     input_root = source.path.resolve() if isinstance(source, LocalSource) else None
@@ -126,6 +126,8 @@ def run_batch(
         "faces_mode": faces,
         "detector_id": analyzer.detector_id,
         "precision": engine.precision,
+        **({"detector_precision": analyzer.detector.precision}
+           if analyzer.detector is not None else {}),
         **facts,
         "batch_size": batch_size,
         "threshold": threshold,

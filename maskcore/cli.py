@@ -117,8 +117,9 @@ def serving_options(fn: Any) -> Any:
                         "in use."),
         env_option("--precision", env=ENV["precision"], type=click.Choice(CHOICES["precision"]),
                    default=DEFAULTS.precision,
-                   help="auto: the model's int8 variant on CPU (when its card lists one), "
-                        "float32 on CUDA. Each has its own model id in the rows."),
+                   help="auto: the int8 variants of the classifier and the face detector on "
+                        "CPU (where their cards list one), float32 on CUDA. Each variant has "
+                        "its own model or detector id in the rows."),
         env_option("--faces", env=ENV["faces"], type=click.Choice(CHOICES["faces"]),
                    default=DEFAULTS.faces,
                    help="auto: find every face, classify each, a row per face in faces.jsonl "

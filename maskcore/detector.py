@@ -46,7 +46,7 @@ from maskcore.card import file_sha256, model_id_of
 from maskcore.errors import ModelError
 
 if TYPE_CHECKING:
-    from maskcore.engine import Device
+    from maskcore.engine import Device, Precision, Variant
 
 __all__ = ["DEFAULT_DETECTOR", "DetectorSpec", "Detections", "FaceDetector", "anchors",
            "box_areas", "canvas_of", "decode_boxes", "decode_centres", "encode_boxes",
@@ -161,17 +161,24 @@ class FaceDetector:
         card: the detector's card (``face_detector.json``) or its folder; None for the bundled one.
         device: ``auto``, ``cpu`` or ``cuda``, as for the classifier's engine.
         threads: ONNX Runtime intra-op threads on CPU; None lets it use every core.
+        precision: ``auto`` (the card's int8 variant on a CPU when it lists one, float32
+            otherwise), ``fp32`` or ``int8``: the classifier's rule
+            (:func:`maskcore.engine.open_variant`).
         **overrides: fields of :class:`DetectorSpec` to change (``canvas=480``, ...).
+
+    Attributes:
+        path: the ONNX file actually loaded. precision: ``fp32`` or ``int8``, its variant.
 
     Raises:
         ModelError: the card or the ONNX file is missing, or they do not match.
     """
 
     def __init__(self, card: str | os.PathLike[str] | None = None, *, device: Device = "auto",
-                 threads: int | None = None, **overrides: Any) -> None:
+                 threads: int | None = None, precision: Precision = "auto",
+                 **overrides: Any) -> None:
         # Imported here: decode processes import this module for letterbox() alone, and they
         # need no ONNX Runtime.
-        from maskcore.engine import open_session
+        from maskcore.engine import open_variant
 
         path = Path(card) if card is not None else DEFAULT_DETECTOR
         if path.is_dir():
@@ -181,6 +188,7 @@ class FaceDetector:
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot read the face detector's card {path}: {exc}") from exc
         self.card = meta
+        self._card_path = path
         # The card's values over DetectorSpec's defaults (written once, there); JSON lists are
         # the spec's tuples.
         known = {f.name for f in fields(DetectorSpec)}
@@ -188,18 +196,33 @@ class FaceDetector:
                     for k, v in {**meta.get("spec", {}), **overrides}.items() if k in known}
         try:
             self.spec = DetectorSpec(**settings)
-            self.path = path.parent / meta["onnx_file"]
-        except (KeyError, TypeError, ValueError) as exc:
+        except (TypeError, ValueError) as exc:
             raise ModelError(f"the face detector's card {path} is malformed: {exc}") from exc
-        if not self.path.is_file():
-            raise ModelError(f"face detector not found: {self.path}")
-        self.sha256 = file_sha256(self.path)
-        if meta.get("onnx_sha256") and meta["onnx_sha256"] != self.sha256:
-            raise ModelError(f"{self.path} does not match its card (sha256 {self.sha256[:12]}, "
-                             f"card says {meta['onnx_sha256'][:12]})")
-        self.session, self.device = open_session(self.path, device, threads)
+        if not isinstance(meta.get("onnx_file"), str):
+            raise ModelError(f"the face detector's card {path} is malformed: no onnx_file")
+        int8 = meta.get("int8") or {}
+        has_int8 = isinstance(int8.get("onnx_file"), str) and \
+            (path.parent / int8["onnx_file"]).is_file()
+        self.session, self.device, self.precision, self.path = open_variant(
+            device, precision, self._locate, has_int8, threads)
         self.input_name = self.session.get_inputs()[0].name
         self.gpu_batch = 16  # canvases a call on CUDA (a batch always has this many)
+
+    def _locate(self, variant: Variant) -> Path:
+        """A variant's ONNX file, checked against the card; sets ``sha256``."""
+        entry = self.card if variant == "fp32" else self.card.get("int8")
+        if not entry:
+            raise ModelError(f"the face detector's card {self._card_path} lists no int8 "
+                             "variant; use --precision fp32 or auto")
+        path = self._card_path.parent / str(entry["onnx_file"])
+        if not path.is_file():
+            raise ModelError(f"face detector not found: {path}")
+        self.sha256 = file_sha256(path)
+        expected = entry.get("onnx_sha256")
+        if expected and expected != self.sha256:
+            raise ModelError(f"{path} does not match its card (sha256 {self.sha256[:12]}, "
+                             f"card says {expected[:12]})")
+        return path
 
     @cached_property
     def model_id(self) -> str:

@@ -26,6 +26,10 @@ dataset (split by picture, :func:`maskcore.voc.split_of_digest`), and changes no
    same recipe, on the training and validation pictures together, and keeps that threshold: the
    validation pictures are a fifth more faces to learn from, and fewer training pictures had
    made a worse detector (docs/MODEL.md).
+6. :func:`make_detector_int8` writes the int8 variant that CPUs run (its neck in int8,
+   calibrated on training pictures) and keeps it only if it finds the validation pictures'
+   faces as the float32 network does (:data:`INT8_RECALL_LOSS`, :data:`INT8_EXTRA_FALSE`).
+   ``maskcore quantize --detector`` does the same for a detector trained before.
 """
 
 from __future__ import annotations
@@ -42,15 +46,25 @@ import numpy as np
 from PIL import Image
 
 from maskcore.boxdata import box_files
-from maskcore.detector import DEFAULT_DETECTOR, DetectorSpec, FaceDetector, anchors, encode_boxes
+from maskcore.card import file_sha256
+from maskcore.detector import (
+    DEFAULT_DETECTOR,
+    DetectorSpec,
+    FaceDetector,
+    anchors,
+    encode_boxes,
+    letterbox,
+    to_canvases,
+)
 from maskcore.errors import DatasetError
 from maskcore.evaluate import DetectionTally, iou_matrix
 from maskcore.preprocess import decode
 from maskcore.progress import say
 from maskcore.voc import read_voc, split_of_digest
 
-__all__ = ["BASE_DETECTOR", "DetectorTraining", "choose_threshold",
-           "match_anchors", "run_detector_training", "threshold_sweep", "training_sample"]
+__all__ = ["BASE_DETECTOR", "DetectorTraining", "INT8_FILE", "choose_threshold",
+           "make_detector_int8", "match_anchors", "read_splits", "run_detector_training",
+           "threshold_sweep", "training_sample"]
 
 #: The network as it was trained on WIDER FACE (``models/extract_face_detector.py`` reproduces it).
 BASE_DETECTOR = DEFAULT_DETECTOR.parent / "retinaface_widerface.onnx"
@@ -59,6 +73,15 @@ THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
 #: Most false boxes a validation picture may average at the chosen threshold. Each false box
 #: read as unmasked flags a masked picture; the product's goal allows 0.5, and this leaves room.
 FALSE_BOX_BUDGET = 0.35
+#: The int8 variant's file name, beside face_detector.onnx.
+INT8_FILE = "face_detector.int8.onnx"
+#: The int8 variant is kept when, on the validation pictures at the card's threshold, its
+#: recall (all faces, and faces >= 32 px) is at most this much under float32's ...
+INT8_RECALL_LOSS = 0.01
+#: ... and it draws at most this many more false boxes a picture.
+INT8_EXTRA_FALSE = 0.05
+#: Training pictures (evenly spaced) that calibrate the int8 variant's activation ranges.
+INT8_CALIBRATION = 120
 
 
 @dataclass(frozen=True)
@@ -152,7 +175,7 @@ class _Picture:
     boxes: np.ndarray  # (n, 4) in its pixels
 
 
-def _read_splits(root: Path) -> dict[str, list[_Picture]]:
+def read_splits(root: Path) -> dict[str, list[_Picture]]:
     """The training and validation pictures of a VOC dataset (split by picture), with their
     boxes; each file is read once."""
     out: dict[str, list[_Picture]] = {"train": [], "val": []}
@@ -214,7 +237,7 @@ def run_detector_training(dataset: str | Path, out: str | Path, *,
     t0 = time.monotonic()
     root, out_dir = Path(dataset), Path(out)
     spec = DetectorSpec(canvas=cfg.canvas)
-    splits = _read_splits(root)
+    splits = read_splits(root)
     train, val = splits["train"], splits["val"]
     if not train or not val:
         raise DatasetError(f"{root}: {len(train)} training and {len(val)} validation pictures; "
@@ -279,9 +302,64 @@ def run_detector_training(dataset: str | Path, out: str | Path, *,
             "pictures": len(both), "faces": faces,
             "history": refit_history, "parity_max_abs_diff": write(net, card)[0]}
     card["spec"]["score_threshold"] = chosen
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    card = make_detector_int8(card_path, train, val)
     card["training"]["seconds"] = round(time.monotonic() - t0)
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     say(f"wrote {onnx_path} and {card_path}")
+    return card
+
+
+def make_detector_int8(card_path: Path, train: Sequence[_Picture], val: Sequence[_Picture]
+                       ) -> dict[str, Any]:
+    """Write the int8 variant of the detector whose card is ``card_path`` (:data:`INT8_FILE`
+    beside it), check it on the validation pictures at the card's threshold, and list it in
+    the card when it passes (else remove it). Returns the card, as written.
+
+    Args:
+        card_path: ``face_detector.json``; its ``onnx_file`` is the float32 network.
+        train: pictures that calibrate the activation ranges (every k-th is used).
+        val: pictures the two variants are compared on.
+    """
+    from maskcore.quantize import quantize_detector  # onnx's quantizer: the training side's
+
+    card: dict[str, Any] = json.loads(card_path.read_text())
+    card.pop("int8", None)
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    fp32 = FaceDetector(card_path, device="cpu", precision="fp32")
+    spec = fp32.spec
+    picked = list(train[:: max(len(train) // INT8_CALIBRATION, 1)][:INT8_CALIBRATION])
+    # One square size for every canvas (the calibration stacks their activations), padded as
+    # the network's input always is.
+    canvases = to_canvases([letterbox(Image.fromarray(p.image), spec)[0] for p in picked], spec,
+                           (spec.canvas, spec.canvas))
+    int8_path = card_path.with_name(INT8_FILE)
+    say(f"int8 variant: calibrating on {len(picked)} training pictures ...")
+    made = quantize_detector(card_path.with_name(card["onnx_file"]), int8_path, canvases)
+    card["int8"] = {"onnx_file": INT8_FILE, "onnx_sha256": file_sha256(int8_path), **made}
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    threshold = spec.score_threshold
+    figures = {variant: threshold_sweep(FaceDetector(card_path, device="cpu", precision=variant),
+                                        val, [threshold])[threshold]
+               for variant in ("fp32", "int8")}
+    a, b = figures["fp32"], figures["int8"]
+    passed = (b["recall"] >= a["recall"] - INT8_RECALL_LOSS
+              and b["recall_32px"] >= a["recall_32px"] - INT8_RECALL_LOSS
+              and b["false_boxes_per_picture"] <= a["false_boxes_per_picture"] + INT8_EXTRA_FALSE)
+    card["int8"]["parity"] = {
+        "pictures": len(val), "split": "val", "threshold": threshold, **figures,
+        "rule": f"recall (all, >= 32 px) at most {INT8_RECALL_LOSS} under float32's and at most "
+                f"{INT8_EXTRA_FALSE} more false boxes a picture",
+        "passed": passed}
+    say(f"int8 variant (validation, {len(val)} pictures): recall {b['recall']:.3f} / "
+        f"{b['recall_32px']:.3f} against {a['recall']:.3f} / {a['recall_32px']:.3f}, false "
+        f"boxes a picture {b['false_boxes_per_picture']:.3f} against "
+        f"{a['false_boxes_per_picture']:.3f}: " + ("kept" if passed else "dropped"))
+    if not passed:
+        report = card.pop("int8")
+        card.setdefault("training", {})["int8_dropped"] = report
+        int8_path.unlink()
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
     return card
 
 

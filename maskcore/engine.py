@@ -17,6 +17,7 @@ import importlib.util
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -29,7 +30,7 @@ from maskcore.preprocess import PREPROCESS_VERSION, PreprocessSpec
 from maskcore.settings import ENV
 
 __all__ = ["DEFAULT_MODEL", "Device", "Engine", "Precision", "Variant", "open_session",
-           "resolve_model_path"]
+           "open_variant", "resolve_model_path"]
 
 log = logging.getLogger(__name__)
 
@@ -187,27 +188,19 @@ class Engine:
     def _open(self, device: Device, precision: Precision
               ) -> tuple[ort.InferenceSession, str, Variant]:
         """The session, where it runs and which variant it holds."""
-        if device in ("auto", "cuda") and cuda_possible(device):
-            # On a GPU float32 is the fast path: auto keeps it there.
-            gpu_precision: Variant = "int8" if precision == "int8" else "fp32"
-            self._select(gpu_precision)
-            session = _try_cuda(self.path, self._threads)
-            if session is not None:
-                return session, "cuda", gpu_precision
-            _no_cuda(device)
-        if precision == "auto":
-            precision = "fp32"
-            if self.card.int8:
-                if (self._folder / self.card.int8["onnx_file"]).is_file():
-                    precision = "int8"
-                else:
-                    log.info("the card lists %s but it is not there; running float32",
-                             self.card.int8["onnx_file"])
-        self._select(precision)
-        return _cpu_session(self.path, self._threads), "cpu", precision
+        has_int8 = False
+        if self.card.int8:
+            has_int8 = (self._folder / self.card.int8["onnx_file"]).is_file()
+            if not has_int8:
+                log.info("the card lists %s but it is not there; running float32",
+                         self.card.int8["onnx_file"])
+        session, where, variant, _ = open_variant(device, precision, self._select, has_int8,
+                                                  self._threads)
+        return session, where, variant
 
-    def _select(self, precision: Variant) -> None:
-        """Point ``path`` and ``sha256`` at a variant's file, checked against the card."""
+    def _select(self, precision: Variant) -> Path:
+        """Point ``path`` and ``sha256`` at a variant's file, checked against the card; returns
+        the path."""
         name, expected = self.card.variant(precision)
         path = self._folder / (self._fp32_file if precision == "fp32" else name)
         if not path.is_file():
@@ -219,6 +212,7 @@ class Engine:
                 f"{expected[:12]}): the card belongs to another model"
             )
         self.path, self.sha256 = path, actual
+        return path
 
     def _check_metadata(self) -> None:
         meta = self.session.get_modelmeta().custom_metadata_map
@@ -272,6 +266,37 @@ def open_session(path: Path, device: Device = "auto", threads: int | None = None
             return session, "cuda"
         _no_cuda(device)
     return _cpu_session(path, threads), "cpu"
+
+
+def open_variant(device: Device, precision: Precision, locate: Callable[[Variant], Path],
+                 has_int8: bool, threads: int | None = None
+                 ) -> tuple[ort.InferenceSession, str, Variant, Path]:
+    """The precision rule, written once for the classifier and the face detector: a session
+    for the variant of a model that ``device`` and ``precision`` call for.
+
+    On CUDA float32 is the fast path, so ``auto`` keeps it there; on a CPU ``auto`` runs the
+    int8 variant when the model has one (``has_int8``: its card lists it and the file is
+    there), where int8 convolutions (VNNI) are the cheaper ones.
+
+    Args:
+        locate: the checked file of a variant (raises ModelError when it is missing or does
+            not match its card).
+
+    Returns:
+        The session, where it runs (``cuda`` or ``cpu``), the variant and its file.
+    """
+    if precision not in ("auto", "fp32", "int8"):
+        raise UsageError(f"precision must be auto, fp32 or int8, not {precision!r}")
+    if device in ("auto", "cuda") and cuda_possible(device):
+        gpu_variant: Variant = "int8" if precision == "int8" else "fp32"
+        path = locate(gpu_variant)
+        session = _try_cuda(path, threads)
+        if session is not None:
+            return session, "cuda", gpu_variant, path
+        _no_cuda(device)
+    variant: Variant = ("int8" if has_int8 else "fp32") if precision == "auto" else precision
+    path = locate(variant)
+    return _cpu_session(path, threads), "cpu", variant, path
 
 
 def cuda_possible(device: Device) -> bool:

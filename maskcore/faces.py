@@ -25,7 +25,7 @@ from PIL import Image
 
 from maskcore.decode import DecodedItem, RefFacts, finer_picture, stack_inputs
 from maskcore.detector import DetectorSpec, FaceDetector
-from maskcore.engine import Device, Engine
+from maskcore.engine import Device, Engine, Precision
 from maskcore.errors import UsageError
 from maskcore.manifest import WRONGLY_WORN
 from maskcore.preprocess import CROP_MARGIN, Picture, crop_face, to_input
@@ -119,14 +119,17 @@ class Analyzer:
         faces: the face stage's settings.
         device: where the detector runs (the classifier's engine was opened already).
         threads: the detector's CPU threads.
+        precision: the detector's variant, by the classifier's rule (``auto``: int8 on a CPU
+            where its card lists one).
     """
 
     def __init__(self, engine: Engine, faces: FaceOptions = FaceOptions(), *,
-                 device: Device = "auto", threads: int | None = None) -> None:
+                 device: Device = "auto", threads: int | None = None,
+                 precision: Precision = "auto") -> None:
         self.engine = engine
         self.faces = faces
         card = faces.detector or os.environ.get(ENV["detector"]) or None
-        self.detector = FaceDetector(card, device=device, threads=threads,
+        self.detector = FaceDetector(card, device=device, threads=threads, precision=precision,
                                      **faces.overrides) if faces.enabled else None
         crop = engine.card.extra.get("face_crop", {})
         self.margin = faces.margin if faces.margin is not None else \
@@ -140,6 +143,12 @@ class Analyzer:
     @property
     def detector_id(self) -> str:
         return self.detector.model_id if self.detector is not None else ""
+
+    @property
+    def detector_precision(self) -> str:
+        """The detector's variant as loaded (``fp32`` or ``int8``; ``auto`` without one): what
+        decode processes and Ray actors load, so that they run the detector the rows name."""
+        return self.detector.precision if self.detector is not None else "auto"
 
     def infer(self, items: list[DecodedItem]) -> list[PictureResult]:
         """Results for a batch of decoded items, in order (errors pass through)."""
@@ -246,11 +255,14 @@ class Analyzer:
 
 
 def load_analyzer(model_path: str, precision: str, faces: FaceOptions, threads: int | None,
-                  device: Device = "cpu") -> Analyzer:
-    """An analyzer from picklable arguments (decode processes and Ray actors build theirs so)."""
+                  device: Device = "cpu", detector_precision: str | None = None) -> Analyzer:
+    """An analyzer from picklable arguments (decode processes and Ray actors build theirs so):
+    the classifier's file and variant, and the detector's variant (``precision`` when None),
+    as the driver's analyzer settled them."""
     engine = Engine(model_path, device=device, threads=threads,
                     precision=precision)  # type: ignore[arg-type]
-    return Analyzer(engine, faces, device=device, threads=threads)
+    return Analyzer(engine, faces, device=device, threads=threads,
+                    precision=detector_precision or precision)  # type: ignore[arg-type]
 
 
 def open_analyzer(model: str | None, *, device: str = "auto", precision: str = "auto",
@@ -263,7 +275,8 @@ def open_analyzer(model: str | None, *, device: str = "auto", precision: str = "
         ModelError: the classifier or the detector cannot be used.
     """
     engine = Engine(model, device=device, precision=precision)  # type: ignore[arg-type]
-    return Analyzer(engine, faces, device=engine.device)  # type: ignore[arg-type]
+    return Analyzer(engine, faces, device=engine.device,  # type: ignore[arg-type]
+                    precision=precision)  # type: ignore[arg-type]
 
 
 def results_id(analyzer: Analyzer) -> str:

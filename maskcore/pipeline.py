@@ -61,9 +61,11 @@ ANALYZE_THREADS = 3
 _WORKER_ANALYZER: Analyzer | None = None
 
 
-def _load_worker_analyzer(model_path: str, precision: str, faces: FaceOptions) -> None:
+def _load_worker_analyzer(model_path: str, precision: str, faces: FaceOptions,
+                          detector_precision: str) -> None:
     global _WORKER_ANALYZER
-    _WORKER_ANALYZER = load_analyzer(model_path, precision, faces, threads=1)
+    _WORKER_ANALYZER = load_analyzer(model_path, precision, faces, threads=1,
+                                     detector_precision=detector_precision)
 
 
 def analyze_chunk(source: Source, refs: list[Ref], spec: PreprocessSpec,
@@ -143,7 +145,8 @@ def classify(
 
     if workers > 0 and engine.device == "cpu":
         with make_pool(workers, _load_worker_analyzer,
-                       (str(engine.path), engine.precision, analyzer.faces)) as pool:
+                       (str(engine.path), engine.precision, analyzer.faces,
+                        analyzer.detector_precision)) as pool:
             for results, t_decode, t_infer in _in_order(
                     pool, analyze_chunk, (source, engine.spec, side),
                     tasks(iter(refs), batch_size, workers), workers * 2, stop, times):

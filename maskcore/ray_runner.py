@@ -92,13 +92,15 @@ def _decode_memory(spec: PreprocessSpec, faces: DetectorSpec | None) -> int:
 class Classifier:
     """Ray actor: the shared analyzer, loaded once, turning decoded batches into rows (as JSON)."""
 
-    def __init__(self, model: str, device: str, precision: str, faces: FaceOptions,
-                 threshold: float, row_extra: Callable[[Ref], dict[str, Any]] | None) -> None:
+    def __init__(self, model: str, device: str, precision: str, detector_precision: str,
+                 faces: FaceOptions, threshold: float,
+                 row_extra: Callable[[Ref], dict[str, Any]] | None) -> None:
         from maskcore.faces import load_analyzer
         from maskcore.pipeline import row_builder
 
         self.analyzer = load_analyzer(model, precision, faces, threads=None,
-                                      device=device)  # type: ignore[arg-type]
+                                      device=device,  # type: ignore[arg-type]
+                                      detector_precision=detector_precision)
         self.rows = row_builder(self.analyzer, threshold, row_extra)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -201,6 +203,7 @@ def classify_ray(
             Classifier,
             fn_constructor_kwargs={"model": str(analyzer.engine.path), "device": device,
                                    "precision": analyzer.engine.precision,
+                                   "detector_precision": analyzer.detector_precision,
                                    "faces": analyzer.faces, "threshold": threshold,
                                    "row_extra": row_extra},
             compute=ray.data.ActorPoolStrategy(size=options.inference_actors),

@@ -21,6 +21,7 @@ from maskcore.detector import DetectorSpec, FaceDetector, anchors, decode_boxes
 from maskcore.detector_training import (
     BASE_DETECTOR,
     FALSE_BOX_BUDGET,
+    INT8_FILE,
     DetectorTraining,
     choose_threshold,
     match_anchors,
@@ -143,6 +144,16 @@ def test_the_job_fine_tunes_on_training_pictures_and_writes_a_detector_that_serv
     assert any(not np.array_equal(base[i.name], numpy_helper.to_array(i)) for i in tuned)
     detector = FaceDetector(out / "face_detector.json", device="cpu", threads=1)
     detector.detect([Image.open(next((data / "images").iterdir())).convert("RGB")])
+    # The int8 variant was made from it and checked on the validation pictures: listed with
+    # its file when it passed, else recorded as dropped and its file gone.
+    int8 = card.get("int8") or training["int8_dropped"]
+    parity = int8["parity"]
+    assert parity["pictures"] == counts["val"] and {"fp32", "int8"} <= set(parity)
+    assert parity["passed"] == ("int8" in card) == (out / INT8_FILE).is_file()
+    if parity["passed"]:
+        assert card["int8"]["onnx_sha256"] == hashlib.sha256((out / INT8_FILE).read_bytes()
+                                                             ).hexdigest()
+        assert detector.precision == "int8"
     # The written network is the second fit, on training and validation pictures together.
     refit = training["refit"]
     assert refit["pictures"] == counts["train"] + counts["val"]

@@ -27,6 +27,7 @@ from maskcore.detector import (
     nms,
     suppress,
 )
+from maskcore.errors import ModelError
 from maskcore.evaluate import evaluate_run, iou_matrix
 from maskcore.faces import open_analyzer, read_closeup
 from maskcore.preprocess import DEFAULT_SPEC, crop_face, decode, face_region, to_input
@@ -477,15 +478,58 @@ def test_evaluate_tells_how_far_the_verdict_hangs_on_small_faces(tmp_path):
     assert r.exit_code == 0 and "widest unmasked face (px): 30" in r.output, r.output
 
 
+def copy_detector(dst: Path, int8_file: bool = True) -> dict:
+    """The bundled detector's files (its int8 variant's too, unless not ``int8_file``) copied
+    into ``dst``; returns its card, to change and write there."""
+    card = json.loads(DEFAULT_DETECTOR.read_text())
+    for entry in (card, card["int8"]) if int8_file else (card,):
+        shutil.copy(DEFAULT_DETECTOR.with_name(entry["onnx_file"]), dst / entry["onnx_file"])
+    (dst / DEFAULT_DETECTOR.name).write_text(json.dumps(card))
+    return card
+
+
+def test_a_cpu_runs_the_detectors_int8_variant_and_float32_on_request(detector, face_box):
+    """The bundled card lists an int8 variant (its neck quantized): a CPU runs it under auto,
+    as it runs the classifier's, and float32 when asked; each has its own id, and both find
+    the pasted faces where they were pasted, in nearly the same boxes."""
+    card = json.loads(DEFAULT_DETECTOR.read_text())
+    assert detector.precision == "int8" and detector.path.name == card["int8"]["onnx_file"]
+    fp32 = FaceDetector(device="cpu", threads=1, precision="fp32")
+    assert fp32.precision == "fp32" and fp32.path.name == card["onnx_file"]
+    assert fp32.model_id != detector.model_id
+    im = scene(PLACES)
+    found = [d.detect([im])[0] for d in (detector, fp32)]
+    for f in found:
+        _check(f.xyxy, expected_boxes(face_box, PLACES))
+    assert (iou_matrix(*(f.xyxy for f in found)).max(axis=1) >= 0.9).all()
+
+
+def test_a_detector_card_and_its_int8_variant_must_agree(tmp_path):
+    card = copy_detector(tmp_path, int8_file=False)
+    # Listed but not there: auto runs float32; asked for, it is an error.
+    assert FaceDetector(tmp_path, device="cpu").precision == "fp32"
+    with pytest.raises(ModelError, match="face detector not found"):
+        FaceDetector(tmp_path, device="cpu", precision="int8")
+    shutil.copy(DEFAULT_DETECTOR.with_name(card["int8"]["onnx_file"]),
+                tmp_path / card["int8"]["onnx_file"])
+    card["int8"]["onnx_sha256"] = "0" * 64
+    (tmp_path / DEFAULT_DETECTOR.name).write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="does not match its card"):
+        FaceDetector(tmp_path, device="cpu")
+    del card["int8"]
+    (tmp_path / DEFAULT_DETECTOR.name).write_text(json.dumps(card))
+    assert FaceDetector(tmp_path, device="cpu").precision == "fp32"
+    with pytest.raises(ModelError, match="lists no int8 variant"):
+        FaceDetector(tmp_path, device="cpu", precision="int8")
+
+
 def test_the_detector_id_covers_its_settings(tmp_path):
     """Another canvas or threshold gives other boxes: another id, so a worker's ledger redoes
     the pictures instead of taking the old rows as done."""
     base = FaceDetector(device="cpu")
     assert FaceDetector(device="cpu").model_id == base.model_id  # stable
     assert FaceDetector(device="cpu", canvas=736).model_id != base.model_id
-    card = json.loads(DEFAULT_DETECTOR.read_text())
-    shutil.copy(DEFAULT_DETECTOR.with_name(card["onnx_file"]), tmp_path / card["onnx_file"])
-    (tmp_path / DEFAULT_DETECTOR.name).write_text(json.dumps(card))
+    card = copy_detector(tmp_path)
     assert FaceDetector(tmp_path, device="cpu").model_id == base.model_id  # same file, same spec
     card["spec"]["score_threshold"] = 0.5
     (tmp_path / DEFAULT_DETECTOR.name).write_text(json.dumps(card))
@@ -494,8 +538,7 @@ def test_the_detector_id_covers_its_settings(tmp_path):
 
 def test_the_environment_names_another_detector(tmp_path, monkeypatch, model_path):
     """$MASKCORE_DETECTOR (what the container images set) picks the detector's card."""
-    card = json.loads(DEFAULT_DETECTOR.read_text())
-    shutil.copy(DEFAULT_DETECTOR.with_name(card["onnx_file"]), tmp_path / card["onnx_file"])
+    card = copy_detector(tmp_path)
     card["spec"]["score_threshold"] = 0.5
     (tmp_path / DEFAULT_DETECTOR.name).write_text(json.dumps(card))
     bundled = open_analyzer(str(model_path), device="cpu").detector_id

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
+from maskcore.card import ModelCard
 from maskcore.faces import FaceOptions, open_analyzer
 from maskcore.ledger import etag_field
 from maskcore.manifest import FACE_ROWS
@@ -55,6 +57,26 @@ def test_rows_come_in_input_order_whatever_the_placement(folder, model_path):
     assert [r for b in batches for r in b] == threads
     assert times.pictures == len(names)
     assert all(FACE_ROWS in r for r in threads if r["status"] == "ok")
+
+
+def test_decode_processes_run_the_detector_the_rows_name(folder, model_path, tmp_path):
+    """A classifier without an int8 variant runs float32 everywhere; the detector's variant is
+    settled apart (int8 on a CPU), and decode processes load that one, not the classifier's:
+    their face rows equal those of the driver's own detector."""
+    own = tmp_path / "model"
+    own.mkdir()
+    for name in ("model.onnx", "model.json"):
+        shutil.copyfile(model_path.with_name(name), own / name)
+    card = ModelCard.read(own / "model.json")
+    card.int8 = None
+    card.write(own)
+    threads, _, _ = run(folder, own, workers=0, batch_size=3)
+    procs, _, _ = run(folder, own, workers=2, batch_size=4)
+    assert stable(threads) == stable(procs)
+    analyzer = open_analyzer(str(own))
+    assert analyzer.engine.precision == "fp32" and analyzer.detector_precision == "int8"
+    faces = [f for r in procs for f in r.get(FACE_ROWS, [])]
+    assert faces and {f["detector_id"] for f in faces} == {analyzer.detector_id}
 
 
 def test_stop_lets_the_tasks_in_flight_finish_and_starts_none(folder, model_path):

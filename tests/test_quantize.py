@@ -8,17 +8,21 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from maskcore.card import ModelCard, file_sha256
 from maskcore.cli import main
+from maskcore.detector import FaceDetector, decode_boxes, letterbox, to_canvases
 from maskcore.engine import Engine
 from maskcore.errors import ModelError, UsageError
+from maskcore.evaluate import iou_matrix
 from maskcore.pairing import face_network
 from maskcore.preprocess import preprocess
-from maskcore.quantize import INT8_FILE, make_int8_variant
-from tests.conftest import copy_pictures
+from maskcore.quantize import DETECTOR_QUANTIZED, INT8_FILE, make_int8_variant, quantize_detector
+from tests.conftest import EXAMPLES, copy_pictures
 
 
 @pytest.fixture
@@ -138,3 +142,32 @@ def test_quantize_command_refuses_what_it_cannot_check(fp32_only, model_path, tm
     r = runner.invoke(main, ["quantize", str(fp32_only), "--data", str(data), "--workers", "0"])
     assert r.exit_code == 2 and "are not in" in r.output and "Traceback" not in r.output
     assert not (fp32_only / INT8_FILE).exists()
+
+
+def test_the_face_detector_is_quantized_in_its_neck_alone(tmp_path):
+    """quantize_detector puts exactly the convolutions named under DETECTOR_QUANTIZED in int8 (a
+    convolution whose weights a DequantizeLinear gives), keeps the backbone and the heads
+    float32, and the result boxes a face where the float32 network does."""
+    det = FaceDetector(device="cpu", precision="fp32")
+    side = 320
+    pictures = [Image.open(p).convert("RGB") for p in sorted(EXAMPLES.glob("*_mask_*"))[:6]]
+    canvases = to_canvases([letterbox(im, det.spec, side)[0] for im in pictures], det.spec,
+                           (side, side))
+    out = tmp_path / "detector.int8.onnx"
+    made = quantize_detector(det.path, out, canvases)
+    assert made["calibration"]["pictures"] == len(pictures)
+    graph = onnx.load(out).graph
+    maker = {o: n.op_type for n in graph.node for o in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    int8 = {n.name for n in convs if maker.get(n.input[1]) == "DequantizeLinear"}
+    assert int8 == {n.name for n in convs if n.name.startswith(DETECTOR_QUANTIZED)}
+    assert 0 < len(int8) < len(convs)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for im, canvas in zip(pictures, canvases, strict=True):
+        scale = side / max(im.size)
+        loc, conf, _ = session.run(None, {det.input_name: canvas[None]})
+        mine = decode_boxes(loc[0], conf[0, :, 1], det.spec, scale, im.size, (side, side))
+        ref_loc, ref_score = det.run(canvas[None])
+        ref = decode_boxes(ref_loc[0], ref_score[0], det.spec, scale, im.size, (side, side))
+        assert len(ref), "each example close-up shows a face"
+        assert len(mine) and iou_matrix(ref.xyxy[:1], mine.xyxy).max() >= 0.9
