@@ -140,8 +140,7 @@ def quantize(model_dir: Path, data_dir: Path, workers: int | None, detector: boo
     """
     if detector:
         card = run_command(run_quantize_detector, model_dir, data_dir)
-        kept = card.get("int8") or card.get("training", {}).get("int8_dropped", {})
-        parity = kept.get("parity", {})
+        parity = (card.get("int8") or card["training"]["int8_dropped"])["parity"]
         click.echo(f"detector int8 variant {'kept' if card.get('int8') else 'dropped'}: "
                    f"validation recall {parity['int8']['recall']:.3f} against "
                    f"{parity['fp32']['recall']:.3f} for float32")

@@ -201,10 +201,10 @@ class FaceDetector:
         if not isinstance(meta.get("onnx_file"), str):
             raise ModelError(f"the face detector's card {path} is malformed: no onnx_file")
         int8 = meta.get("int8") or {}
-        has_int8 = isinstance(int8.get("onnx_file"), str) and \
-            (path.parent / int8["onnx_file"]).is_file()
+        listed = path.parent / int8["onnx_file"] if isinstance(int8.get("onnx_file"), str) \
+            else None
         self.session, self.device, self.precision, self.path = open_variant(
-            device, precision, self._locate, has_int8, threads)
+            device, precision, self._locate, listed, threads)
         self.input_name = self.session.get_inputs()[0].name
         self.gpu_batch = 16  # canvases a call on CUDA (a batch always has this many)
 

@@ -188,13 +188,8 @@ class Engine:
     def _open(self, device: Device, precision: Precision
               ) -> tuple[ort.InferenceSession, str, Variant]:
         """The session, where it runs and which variant it holds."""
-        has_int8 = False
-        if self.card.int8:
-            has_int8 = (self._folder / self.card.int8["onnx_file"]).is_file()
-            if not has_int8:
-                log.info("the card lists %s but it is not there; running float32",
-                         self.card.int8["onnx_file"])
-        session, where, variant, _ = open_variant(device, precision, self._select, has_int8,
+        listed = self._folder / self.card.int8["onnx_file"] if self.card.int8 else None
+        session, where, variant, _ = open_variant(device, precision, self._select, listed,
                                                   self._threads)
         return session, where, variant
 
@@ -269,18 +264,19 @@ def open_session(path: Path, device: Device = "auto", threads: int | None = None
 
 
 def open_variant(device: Device, precision: Precision, locate: Callable[[Variant], Path],
-                 has_int8: bool, threads: int | None = None
+                 int8_file: Path | None, threads: int | None = None
                  ) -> tuple[ort.InferenceSession, str, Variant, Path]:
     """The precision rule, written once for the classifier and the face detector: a session
     for the variant of a model that ``device`` and ``precision`` call for.
 
     On CUDA float32 is the fast path, so ``auto`` keeps it there; on a CPU ``auto`` runs the
-    int8 variant when the model has one (``has_int8``: its card lists it and the file is
-    there), where int8 convolutions (VNNI) are the cheaper ones.
+    int8 variant when the model has one (its card lists it and the file is there), where int8
+    convolutions (VNNI) are the cheaper ones.
 
     Args:
         locate: the checked file of a variant (raises ModelError when it is missing or does
             not match its card).
+        int8_file: the int8 variant's file as the card lists it; None when it lists none.
 
     Returns:
         The session, where it runs (``cuda`` or ``cpu``), the variant and its file.
@@ -294,7 +290,12 @@ def open_variant(device: Device, precision: Precision, locate: Callable[[Variant
         if session is not None:
             return session, "cuda", gpu_variant, path
         _no_cuda(device)
-    variant: Variant = ("int8" if has_int8 else "fp32") if precision == "auto" else precision
+    variant: Variant = "fp32" if precision == "auto" else precision
+    if precision == "auto" and int8_file is not None:
+        if int8_file.is_file():
+            variant = "int8"
+        else:
+            log.info("the card lists %s but it is not there; running float32", int8_file.name)
     path = locate(variant)
     return _cpu_session(path, threads), "cpu", variant, path
 
