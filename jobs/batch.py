@@ -38,13 +38,18 @@ SHORT_HELP = "Classify a folder, a file or an s3:// prefix into a manifest."
 @click.option("--annotate", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write a full-size copy of each flagged picture (someone unmasked or "
                    "masked wrongly) with its faces boxed and labelled, into this folder.")
+@click.option("--resume", is_flag=True,
+              help="Take up a run stopped (Ctrl-C, SIGTERM, killed) in --out: keep the rows "
+                   "of its *.partial files whose picture is unchanged (sha256) and classify "
+                   "only the rest. Needs the same model, --faces and --threshold; error rows "
+                   "are tried again. Without a stopped run there, starts from the first picture.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="A bar on a terminal, a log line every few seconds elsewhere.")
 @ray_options_decorator
 def batch(input_spec: str, out: Path, model: str | None, batch_size: int, device: str,
           precision: str, faces: str, workers: int | None, formats: str, threshold: float,
-          fail_on_error: bool, annotate: Path | None, progress: bool, runner: str,
-          **ray_args: Any) -> None:
+          fail_on_error: bool, annotate: Path | None, resume: bool, progress: bool,
+          runner: str, **ray_args: Any) -> None:
     """Classify every picture under INPUT: a folder (recursive), one file, or s3://bucket/prefix/.
 
     \b
@@ -61,7 +66,8 @@ def batch(input_spec: str, out: Path, model: str | None, batch_size: int, device
     \b
     Ctrl-C or SIGTERM stops it after the pictures in hand: their rows stay in
     OUT/*.partial, and OUT's earlier results are not replaced. A second one
-    stops at once.
+    stops at once. The same command with --resume then classifies only the
+    pictures the stopped run had not done.
 
     \b
     Exit codes: 0 finished (error rows included), 1 finished with error rows and
@@ -82,7 +88,7 @@ def batch(input_spec: str, out: Path, model: str | None, batch_size: int, device
         return run_batch(input_spec, out, model=model, batch_size=batch_size, device=device,
                          precision=precision, faces=faces, workers=workers, formats=chosen,
                          threshold=threshold, show_progress=progress, runner=chosen_runner,
-                         annotate=annotate, stop=stop.requested)
+                         annotate=annotate, stop=stop.requested, resume=resume)
 
     def on_first(name: str) -> None:
         # On a terminal the progress bar's line is open: the notice goes on a line of its own.

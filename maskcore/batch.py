@@ -18,6 +18,7 @@ from maskcore.faces import FaceOptions
 from maskcore.manifest import FACE_ROWS, ManifestWriter
 from maskcore.progress import Progress, say
 from maskcore.results import RunResults, group_of
+from maskcore.resume import run_facts, take_up
 from maskcore.runners import Runner, RunOptions, make_runner
 from maskcore.settings import DEFAULTS
 from maskcore.storage import LocalSource, S3Store, open_source
@@ -44,6 +45,7 @@ def run_batch(
     runner: Runner | None = None,
     annotate: Path | None = None,
     stop: Callable[[], bool] | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Classify every file under ``input_spec``; write the manifest, faces and summary into ``out``.
 
@@ -56,6 +58,9 @@ def run_batch(
             True no new picture is started; the rows of those in flight are written, but to
             the ``*.partial`` files only: nothing in ``out`` is replaced by an unfinished run,
             and no summary or copy is written.
+        resume: take up a run stopped in ``out`` (:mod:`maskcore.resume`): its rows that
+            still hold are copied, and only the other pictures are classified. Without a
+            stopped run there it runs from the first picture.
 
     Returns:
         The summary (as written to ``summary.json``); for a run stopped before its last
@@ -93,8 +98,9 @@ def run_batch(
     say(f"{len(refs):,} files under {source.describe()}"
         + (f" ({skipped} hidden skipped)" if skipped else "")
         + (f" ({own} in the output folders left out)" if own else ""))
-    writer = ManifestWriter(out, engine.classes, formats)
-    bar = Progress(len(refs), "pictures", enabled=show_progress)
+    settings = run_facts(model_id=engine.model_id, detector_id=analyzer.detector_id,
+                         faces_mode=faces, threshold=threshold, started_at=started)
+    writer = ManifestWriter(out, engine.classes, formats, facts=settings, take_up=resume)
     flagged: list[dict[str, Any]] = []  # kept for --annotate only: a few rows, not the run
 
     def emit(row: dict[str, Any]) -> None:
@@ -102,7 +108,19 @@ def run_batch(
         if annotate is not None and group_of(row, row[FACE_ROWS]) == "flagged":
             flagged.append(row)
 
+    listed = len(refs)
+    taken = None
     try:
+        if resume and writer.stopped:
+            taken = take_up(writer.stopped, settings, refs, source, emit)
+            refs = [ref for ref in refs if ref.source not in taken.kept]
+            say(f"resuming: {len(taken.kept):,} pictures' rows kept from the stopped run in "
+                f"{out}" + (f" ({taken.dropped:,} of its rows not: errors, torn, or pictures "
+                            "gone or changed since)" if taken.dropped else "")
+                + f"; {len(refs):,} to classify")
+        elif resume:
+            say(f"nothing to resume in {out} (no stopped run there): from the first picture")
+        bar = Progress(len(refs), "pictures", enabled=show_progress)
         report = runner.run(refs, source, analyzer, emit,
                             RunOptions(batch_size=batch_size, threshold=threshold, progress=bar,
                                        stop=stop))
@@ -110,15 +128,17 @@ def run_batch(
         writer.discard()
         raise
     bar.close()
-    if stop is not None and stop() and writer.tally.total < len(refs):
+    if stop is not None and stop() and writer.tally.total < listed:
         kept = writer.keep_unfinished()
-        return {**writer.tally.to_dict(), "stopped": True, "listed": len(refs),
+        return {**writer.tally.to_dict(), "stopped": True, "listed": listed,
                 "output": str(out), "kept": [str(p) for p in kept]}
     wall = time.monotonic() - t0
     summary = {
         **writer.tally.to_dict(),
+        **({"resumed": len(taken.kept)} if taken is not None else {}),
         "skipped": skipped,
         "wall_seconds": round(wall, 3),
+        # What this run classified, not the rows it took up from a stopped one.
         "images_per_second": round(len(refs) / wall, 1) if wall > 0 else 0.0,
         "stages": report.times.to_dict(),
         "model_id": engine.model_id,
@@ -165,6 +185,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     if with_faces:
         lines.append(f"  ({summary.get('pictures_without_faces', 0):,} pictures had no face found "
                      "and were classified whole)")
+    if "resumed" in summary:
+        lines.append(f"  ({summary['resumed']:,} pictures' rows taken up from the stopped run; "
+                     "the speed below is of the others)")
     lines.append("")
     lines.append(f"  {summary['images_per_second']:,.0f} pictures/s over "
                  f"{summary['wall_seconds']:.1f}s on {summary['device']}; results in "
@@ -182,4 +205,5 @@ def format_stopped(summary: dict[str, Any]) -> str:
     out = summary["output"]
     return (f"stopped: {summary['total']:,} of {summary['listed']:,} pictures done, their "
             f"rows in {Path(out) / '*.partial'}. Nothing else in {out} was replaced (an "
-            "earlier run's results stay). Run again to classify everything.")
+            "earlier run's results stay). Run it again with --resume to classify only the "
+            "rest, or without it to start over.")

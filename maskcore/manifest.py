@@ -35,7 +35,10 @@ __all__ = [
     "FACE_ROWS",
     "FIELDS",
     "MASKED",
+    "RUN_FACTS",
     "RowBuilder",
+    "STOPPED",
+    "STOPPED_FILES",
     "VERDICT_ORDER",
     "WRONGLY_WORN",
     "is_transient",
@@ -471,6 +474,19 @@ def _lock_folder(folder: Path) -> int | None:
     return fd
 
 
+#: A run's settings, written beside its rows while it runs (``run.json.partial``) and kept with
+#: them when it is stopped, so that a run with the same settings can take it up
+#: (``maskcore batch --resume``, :mod:`maskcore.resume`).
+RUN_FACTS = "run.json"
+
+#: The files of a stopped run that a run taking it up sets aside. It reads back the JSON Lines
+#: (they keep every field's type) and writes its CSV again from the rows it keeps.
+STOPPED_FILES = ("manifest.jsonl", "faces.jsonl", "manifest.csv", "faces.csv", RUN_FACTS)
+
+#: Suffix of a stopped run's files while the run that takes it up copies their rows.
+STOPPED = ".stopped"
+
+
 class ManifestWriter:
     """Streams rows into ``manifest.jsonl/csv`` and their faces into ``faces.jsonl/csv``, atomically.
 
@@ -479,16 +495,28 @@ class ManifestWriter:
     stay as they were until then, so a run that dies leaves the last complete result in place.
     Until it is closed, stopped (:meth:`keep_unfinished`) or discarded, the folder is locked: a
     second writer there raises :class:`~maskcore.errors.StorageError`.
+
+    Args:
+        facts: the run's settings, written to ``run.json.partial`` for a run that takes this
+            one up should it be stopped (removed when it is closed or discarded).
+        take_up: a stopped run's files in the folder (:data:`STOPPED_FILES` ``.partial``) are
+            first renamed ``*.stopped`` (under the lock), for the caller to copy the rows it
+            keeps (:attr:`stopped`); they are removed once this run is closed or stopped, and
+            renamed back if it is discarded, so a run that fails loses nothing of them.
     """
 
     def __init__(self, out_dir: str | os.PathLike[str], classes: list[str],
                  formats: tuple[str, ...] = ("jsonl", "csv"),
-                 extra_fields: tuple[str, ...] = ()) -> None:
+                 extra_fields: tuple[str, ...] = (), *,
+                 facts: dict[str, Any] | None = None, take_up: bool = False) -> None:
         self.out = Path(out_dir)
         self.classes = classes
         self.formats = formats
         self.tally = Tally()
         self._tables: list[_Table] = []
+        #: The stopped run's files set aside by ``take_up``, by their names (missing ones absent).
+        self.stopped: dict[str, Path] = {}
+        self._facts: Path | None = None
         # Releases the folder's lock; also run when the writer is dropped unclosed (a run that
         # raised), so a long-lived process can write into the folder again.
         self._unlock: Callable[[], Any] = lambda: None
@@ -500,12 +528,31 @@ class ManifestWriter:
         if lock is not None:
             self._unlock = weakref.finalize(self, os.close, lock)
         try:
+            if take_up:
+                self._set_aside()
             self._pictures = _Table(self.out, "manifest", classes, formats, FIELDS, extra_fields)
             self._tables.append(self._pictures)
             self._faces = _Table(self.out, "faces", classes, formats, FACE_FIELDS, extra_fields)
             self._tables.append(self._faces)
+            if facts is not None:
+                self._facts = self.out / f"{RUN_FACTS}.partial"
+                self._facts.write_text(json.dumps(facts, indent=2) + "\n")
         except OSError as exc:
             self._fail(exc)
+
+    def _set_aside(self) -> None:
+        """Rename a stopped run's files ``*.stopped`` (see ``take_up``)."""
+        for name in STOPPED_FILES:
+            partial = self.out / f"{name}.partial"
+            if partial.exists():
+                self.stopped[name] = partial.replace(self.out / f"{name}{STOPPED}")
+
+    def _drop_stopped(self) -> None:
+        """Remove a stopped run's set-aside files once their rows are this run's: by name, so
+        that those of a take-up that was itself killed go too."""
+        for name in STOPPED_FILES:
+            (self.out / f"{name}{STOPPED}").unlink(missing_ok=True)
+        self.stopped = {}
 
     def write(self, row: dict[str, Any]) -> None:
         """Append one picture row (and the face rows it carries) to every format."""
@@ -528,6 +575,9 @@ class ManifestWriter:
             tmp = self.out / "summary.json.partial"
             tmp.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
             tmp.replace(path)
+            if self._facts is not None:
+                self._facts.unlink(missing_ok=True)
+            self._drop_stopped()
         except OSError as exc:
             self._fail(exc)
         self._unlock()
@@ -538,6 +588,9 @@ class ManifestWriter:
         (returned), and nothing final is written, so an earlier run's results stay as they were."""
         try:
             kept = self._pictures.close_partial() + self._faces.close_partial()
+            if self._facts is not None:
+                kept.append(self._facts)
+            self._drop_stopped()  # their rows were copied before this run started its own
         except OSError as exc:
             self._fail(exc)
         self._unlock()
@@ -556,6 +609,13 @@ class ManifestWriter:
                     (self.out / f"{final}.partial").unlink(missing_ok=True)
                 except OSError:
                     pass
+        try:
+            if self._facts is not None:
+                self._facts.unlink(missing_ok=True)
+            for name, path in self.stopped.items():  # the stopped run stays as it was
+                path.replace(self.out / f"{name}.partial")
+        except OSError:
+            pass
         self._unlock()
 
     def _fail(self, exc: OSError) -> NoReturn:

@@ -305,6 +305,12 @@ def test_sigterm_stops_after_the_pictures_in_hand_and_replaces_nothing(tmp_path,
     assert children  # the decode processes, which must end with the job
     _, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, [c.pid for c in alive]
+    # Taken up with --resume: the rest is classified, and every picture has one row.
+    resumed, output = _classify(root, out, model_path, "--resume")
+    assert f"resuming: {len(rows)} pictures' rows kept" in output, output
+    assert len(resumed) == len({r["source"] for r in resumed}) == 600
+    assert resumed[: len(rows)] == rows
+    assert json.loads((out / "summary.json").read_text())["resumed"] == len(rows)
 
 
 def test_a_run_stopped_before_it_starts_replaces_nothing(tmp_path, face_pictures, model_path):
@@ -318,7 +324,7 @@ def test_a_run_stopped_before_it_starts_replaces_nothing(tmp_path, face_pictures
     assert stopped["total"] == 0
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix != ".partial"} == before
     assert sorted(Path(p).name for p in stopped["kept"]) == sorted(f"{n}.partial" for n in (
-        "manifest.jsonl", "manifest.csv", "faces.jsonl", "faces.csv"))
+        "manifest.jsonl", "manifest.csv", "faces.jsonl", "faces.csv", "run.json"))
     assert (out / "manifest.jsonl.partial").read_text() == ""
     assert "0 of 3 pictures done" in format_stopped(stopped)
     fresh = tmp_path / "fresh"  # a folder only a stopped run wrote into: reports say so

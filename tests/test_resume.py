@@ -1,0 +1,157 @@
+"""``maskcore batch --resume``: a stopped run is taken up where it left off, and only rows that
+still hold are kept (same settings, whole, the picture unchanged)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from maskcore.batch import format_summary, run_batch
+from maskcore.cli import main
+from maskcore.decode import CHUNK
+from maskcore.errors import UsageError
+from maskcore.manifest import ManifestWriter
+from tests.conftest import copy_pictures
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _stable(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "processed_at"} for r in rows]
+
+
+def _results(out: Path) -> dict[str, list[dict]]:
+    """A run's rows, in (source, face) order: a resumed run writes the rows it took up first."""
+    return {name: sorted(_stable(_lines(out / name)), key=lambda r: (r["source"], r.get("face")))
+            for name in ("manifest.jsonl", "faces.jsonl")}
+
+
+def _after_polls(n: int):
+    """A stop request that comes after ``n`` polls: the run starts ``n`` decode tasks (of
+    ``CHUNK`` pictures each, decoding in threads), finishes them and stops."""
+    polls = iter(range(n + 1))
+    return lambda: next(polls, n) >= n
+
+
+@pytest.fixture
+def pictures(tmp_path, face_pictures) -> Path:
+    """More pictures than one decode task holds, so a run can stop between tasks."""
+    root = tmp_path / "in"
+    copy_pictures(face_pictures, root / "a")
+    copy_pictures(face_pictures, root / "b")
+    assert sum(1 for p in root.rglob("*") if p.is_file()) > CHUNK
+    return root
+
+
+def _run(root: Path, out: Path, model: Path, **kw) -> dict:
+    return run_batch(str(root), out, model=str(model), workers=0, show_progress=False, **kw)
+
+
+def test_a_stopped_run_is_taken_up_and_ends_as_a_fresh_run_would(tmp_path, pictures,
+                                                                   model_path):
+    out = tmp_path / "out"
+    stopped = _run(pictures, out, model_path, stop=_after_polls(1))
+    assert stopped["stopped"] and stopped["total"] == CHUNK < stopped["listed"]
+    assert (out / "run.json.partial").is_file()
+    before = {r["source"]: r for r in _lines(out / "manifest.jsonl.partial")}
+
+    # Since the stop: one picture it did is rewritten (same name, other bytes), one deleted.
+    done = sorted(before)
+    changed, gone = pictures / done[0], pictures / done[1]
+    shutil.copyfile(pictures / done[-1], changed)
+    gone.unlink()
+
+    summary = _run(pictures, out, model_path, resume=True)
+    assert summary["resumed"] == CHUNK - 2
+    fresh = tmp_path / "fresh"
+    _run(pictures, fresh, model_path)
+    assert _results(out) == _results(fresh)
+    assert (out / "manifest.csv").read_text().count("\n") == \
+        (fresh / "manifest.csv").read_text().count("\n")
+    assert not list(out.glob("*.partial")) and not list(out.glob("*.stopped"))
+    # The rows taken up are the stopped run's own (its time stamps), the others new.
+    after = {r["source"]: r for r in _lines(out / "manifest.jsonl")}
+    kept = [s for s in done if s not in (done[0], done[1])]
+    assert list(after)[: len(kept)] == kept  # taken up first, in the stopped run's order
+    assert all(after[s]["processed_at"] == before[s]["processed_at"] for s in kept)
+    assert after[done[0]]["sha256"] != before[done[0]]["sha256"]
+    assert "taken up from the stopped run" in format_summary(summary)
+
+
+def test_other_settings_are_refused_and_the_stopped_rows_stay(tmp_path, pictures, model_path):
+    out = tmp_path / "out"
+    _run(pictures, out, model_path, stop=_after_polls(1))
+    partial = {p.name: p.read_bytes() for p in out.iterdir()}
+    result = CliRunner().invoke(main, ["batch", str(pictures), "--out", str(out), "--model",
+                                       str(model_path), "--threshold", "0.8", "--resume",
+                                       "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "threshold 0.5 then, 0.8 now" in result.output and "Traceback" not in result.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == partial
+    summary = _run(pictures, out, model_path, resume=True)  # the same settings: taken up
+    assert summary["resumed"] == CHUNK
+
+
+def test_a_torn_end_is_classified_again(tmp_path, pictures, model_path):
+    """A run killed mid-write leaves a picture row without all its face rows: that picture, and
+    nothing before it, is done again."""
+    out = tmp_path / "out"
+    _run(pictures, out, model_path, stop=_after_polls(1))
+    rows = _lines(out / "manifest.jsonl.partial")
+    with_faces = [i for i, r in enumerate(rows) if r["faces"]]
+    last = with_faces[-1]
+    faces = (out / "faces.jsonl.partial").read_bytes()
+    (out / "faces.jsonl.partial").write_bytes(faces[: len(faces) - 10])  # its last face torn
+    (out / "manifest.jsonl.partial").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows[: last + 1]))
+    summary = _run(pictures, out, model_path, resume=True)
+    assert summary["resumed"] == last
+    fresh = tmp_path / "fresh"
+    _run(pictures, fresh, model_path)
+    assert _results(out) == _results(fresh)
+
+
+def test_resume_without_a_stopped_run_starts_from_the_first_picture(tmp_path, pictures,
+                                                                      model_path):
+    out = tmp_path / "out"
+    first = _run(pictures, out, model_path, resume=True)
+    assert "resumed" not in first and first["total"] == first["ok"] > CHUNK
+    again = _run(pictures, out, model_path, resume=True)  # a finished run is not taken up
+    assert "resumed" not in again and again["total"] == first["total"]
+
+
+def test_a_run_that_fails_gives_the_stopped_run_back(tmp_path):
+    """The writer sets a stopped run's files aside under its lock; discarding puts them back."""
+    out = tmp_path / "out"
+    stopped = ManifestWriter(out, ["with_mask"], facts={"threshold": 0.5})
+    stopped.write({"source": "a.png", "status": "ok", "label": "with_mask", "faces": 0,
+                   "face_rows": []})
+    stopped.keep_unfinished()
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "run.json.partial" in files
+
+    taking = ManifestWriter(out, ["with_mask"], facts={"threshold": 0.5}, take_up=True)
+    assert sorted(taking.stopped) == ["faces.csv", "faces.jsonl", "manifest.csv",
+                                      "manifest.jsonl", "run.json"]
+    assert all(p.name.endswith(".stopped") for p in taking.stopped.values())
+    taking.discard()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+
+    finishing = ManifestWriter(out, ["with_mask"], facts={"threshold": 0.5}, take_up=True)
+    finishing.close({"total": 0})
+    assert sorted(p.name for p in out.iterdir()) == [
+        "faces.csv", "faces.jsonl", "manifest.csv", "manifest.jsonl", "summary.json"]
+
+
+def test_resume_with_a_csv_only_stopped_run_says_why(tmp_path, pictures, model_path):
+    out = tmp_path / "out"
+    _run(pictures, out, model_path, stop=_after_polls(1), formats=("csv",))
+    with pytest.raises(UsageError, match="wrote no manifest.jsonl"):
+        _run(pictures, out, model_path, resume=True)
+    assert (out / "manifest.csv.partial").is_file()  # given back as it was
