@@ -112,6 +112,8 @@ def run_batch(
     taken = None
     try:
         if resume and writer.stopped:
+            say(f"taking up the stopped run in {out}: each picture it did is read again and "
+                "checked against its row's sha256")
             taken = take_up(writer.stopped, settings, refs, source, emit)
             refs = [ref for ref in refs if ref.source not in taken.kept]
             say(f"resuming: {len(taken.kept):,} pictures' rows kept from the stopped run in "
