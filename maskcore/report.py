@@ -257,7 +257,8 @@ def _page(results: RunResults, counts: Counter[str], faces: list[dict[str, Any]]
                                colour_of(c)) for c in labels)
     tiles = [("pictures", len(rows), ""), ("faces", len(faces), ""),
              ("flagged", counts["flagged"], "someone unmasked or masked wrongly"),
-             ("uncertain", counts["uncertain"], "a face or picture below the threshold"),
+             ("uncertain", counts["uncertain"],
+              "not flagged; a face or the picture under the threshold"),
              ("no face found", no_face, "classified whole"), ("errors", counts["error"], "")]
     class_rows = "".join(f"<tr><td>{_chip(c)}</td><td>{by_picture[c]:,}</td>"
                          f"<td>{by_face[c]:,}</td></tr>" for c in labels)
