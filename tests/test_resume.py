@@ -155,3 +155,24 @@ def test_resume_with_a_csv_only_stopped_run_says_why(tmp_path, pictures, model_p
     with pytest.raises(UsageError, match="wrote no manifest.jsonl"):
         _run(pictures, out, model_path, resume=True)
     assert (out / "manifest.csv.partial").is_file()  # given back as it was
+
+
+def test_an_s3_run_is_taken_up_too(s3, s3_client, tmp_path, face_pictures, model_path):
+    """Sources are s3:// URLs there; a picture overwritten since the stop is classified again."""
+    s3_client.create_bucket(Bucket="photos")
+    bodies = [p.read_bytes() for p in face_pictures]
+    for i in range(CHUNK + 4):
+        s3_client.put_object(Bucket="photos", Key=f"in/{i:03d}.jpg", Body=bodies[i % len(bodies)])
+    s3_client.put_object(Bucket="photos", Key="in/000_notes.txt", Body=b"not a picture")
+    out = tmp_path / "out"
+    stopped = run_batch("s3://photos/in/", out, model=str(model_path), workers=0,
+                        show_progress=False, stop=_after_polls(1))
+    assert stopped["total"] == CHUNK
+    s3_client.put_object(Bucket="photos", Key="in/001.jpg", Body=bodies[-1])  # overwritten
+    summary = run_batch("s3://photos/in/", out, model=str(model_path), workers=0,
+                        show_progress=False, resume=True)
+    # Not kept: the error row of the text file (tried again) and the overwritten picture.
+    assert summary["resumed"] == CHUNK - 2 and summary["total"] == CHUNK + 5
+    fresh = tmp_path / "fresh"
+    run_batch("s3://photos/in/", fresh, model=str(model_path), workers=0, show_progress=False)
+    assert _results(out) == _results(fresh)
