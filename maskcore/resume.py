@@ -23,7 +23,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,10 +34,15 @@ from maskcore.errors import StorageError, UsageError
 from maskcore.manifest import FACE_ROWS, RUN_FACTS, jsonl_records
 from maskcore.storage import Ref, Source
 
-__all__ = ["COMPARED", "TakenUp", "run_facts", "take_up"]
+__all__ = ["CHECK_THREADS", "COMPARED", "TakenUp", "run_facts", "take_up"]
 
 #: The settings a stopped run must share with the run that takes it up.
 COMPARED = ("model_id", "detector_id", "faces_mode", "threshold")
+
+#: Threads reading pictures back to check them: an S3 read mostly waits on the network, so
+#: reads one at a time could cost about what classifying the pictures again would; a local
+#: read waits on the disk; hashing releases the GIL.
+CHECK_THREADS = 16
 
 
 def run_facts(*, model_id: str, detector_id: str, faces_mode: str, threshold: float,
@@ -62,7 +69,8 @@ def take_up(stopped: dict[str, Path], facts: dict[str, Any], refs: list[Ref], so
     Args:
         stopped: the stopped run's files by name (:attr:`ManifestWriter.stopped`).
         facts: this run's settings (:func:`run_facts`).
-        refs: what this run lists: rows of other sources are not kept.
+        refs: what this run lists: rows of other sources are not kept (nor a second row of
+            one source).
         source: reads a picture again to check its bytes.
         emit: called with each row kept.
 
@@ -79,8 +87,21 @@ def take_up(stopped: dict[str, Path], facts: dict[str, Any], refs: list[Ref], so
     by_source = {ref.source: ref for ref in refs}
     faces_path = stopped.get("faces.jsonl")
     taken = TakenUp(kept=set())
+    # Rows whose picture is being read again, in order; emitted once their check is back.
+    checking: deque[tuple[dict[str, Any], Ref, Future[bool]]] = deque()
+
+    def settle(keep: int) -> None:
+        while len(checking) > keep:
+            row, ref, unchanged = checking.popleft()
+            if unchanged.result():
+                taken.kept.add(ref.source)
+                emit(row)
+            else:
+                taken.dropped += 1
+
     with manifest.open("rb") as pictures, \
-            (faces_path.open("rb") if faces_path is not None else io.BytesIO()) as faces:
+            (faces_path.open("rb") if faces_path is not None else io.BytesIO()) as faces, \
+            ThreadPoolExecutor(CHECK_THREADS) as pool:
         face_rows = (record for record, _ in jsonl_records(faces, skip_bad=True))
         for row, _ in jsonl_records(pictures, skip_bad=True):
             ok = row.get("status") == "ok"
@@ -89,12 +110,14 @@ def take_up(stopped: dict[str, Path], facts: dict[str, Any], refs: list[Ref], so
                 # A torn end (a run killed mid-write): nothing after it can be paired.
                 taken.dropped += 1
                 break
-            ref = by_source.get(row.get("source", ""))
-            if not ok or ref is None or not _unchanged(ref, row, source):
+            ref = by_source.pop(row.get("source", ""), None)  # popped: one row a picture
+            if not ok or ref is None:
                 taken.dropped += 1
                 continue
-            taken.kept.add(ref.source)
-            emit({**row, FACE_ROWS: own})
+            checking.append(({**row, FACE_ROWS: own}, ref,
+                             pool.submit(_unchanged, ref, row.get("sha256", ""), source)))
+            settle(CHECK_THREADS * 4)
+        settle(0)
     return taken
 
 
@@ -117,10 +140,10 @@ def _check_facts(stopped: dict[str, Path], facts: dict[str, Any]) -> None:
                          "--threshold, or run without --resume to start over")
 
 
-def _unchanged(ref: Ref, row: dict[str, Any], source: Source) -> bool:
-    """Whether the picture's bytes are still those the row was made from."""
+def _unchanged(ref: Ref, sha256: str, source: Source) -> bool:
+    """Whether the picture's bytes are still those a row was made from (runs in a thread)."""
     try:
         data = source.read(ref)
     except StorageError:
         return False
-    return hashlib.sha256(data).hexdigest() == row.get("sha256")
+    return hashlib.sha256(data).hexdigest() == sha256
