@@ -4,6 +4,7 @@ still hold are kept (same settings, whole, the picture unchanged)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -16,10 +17,17 @@ from maskcore.decode import CHUNK
 from maskcore.errors import UsageError
 from maskcore.manifest import ManifestWriter
 from tests.conftest import copy_pictures
+from tests.helpers import encode, gradient
 
 
 def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _lines_raw(path: Path) -> list[dict]:
+    """JSON Lines split at b"\\n" only, names that are not UTF-8 as surrogate escapes."""
+    return [json.loads(line.decode("utf-8", "surrogateescape"))
+            for line in path.read_bytes().split(b"\n") if line]
 
 
 def _stable(rows: list[dict]) -> list[dict]:
@@ -176,3 +184,25 @@ def test_an_s3_run_is_taken_up_too(s3, s3_client, tmp_path, face_pictures, model
     fresh = tmp_path / "fresh"
     run_batch("s3://photos/in/", fresh, model=str(model_path), workers=0, show_progress=False)
     assert _results(out) == _results(fresh)
+
+
+def test_names_that_are_not_utf8_or_hold_line_ends_are_taken_up(tmp_path, model_path):
+    """Rows are matched to pictures by name: names the JSON Lines keep as surrogate escapes or
+    that hold line ends match again, and no picture gets two rows."""
+    root = tmp_path / "in"
+    root.mkdir()
+    picture = encode(gradient(48, 48), "PNG")
+    # "!" sorts before the digits: these are among the first task's pictures.
+    odd = [b"!caf\xe9.png", "!a\u2028b.png".encode(), b"!line\nbreak.png", b"!x\ry.png"]
+    for name in odd + [f"{i:03d}.png".encode() for i in range(CHUNK)]:
+        with open(os.fsencode(root) + b"/" + name, "wb") as fh:
+            fh.write(picture)
+    out = tmp_path / "out"
+    stopped = _run(root, out, model_path, stop=_after_polls(1))
+    assert stopped["total"] == CHUNK
+    done = {r["source"] for r in _lines_raw(out / "manifest.jsonl.partial")}
+    assert {"!caf\udce9.png", "!a\u2028b.png", "!line\nbreak.png", "!x\ry.png"} <= done
+    summary = _run(root, out, model_path, resume=True)
+    assert summary["resumed"] == CHUNK and summary["total"] == CHUNK + len(odd)
+    sources = [r["source"] for r in _lines_raw(out / "manifest.jsonl")]
+    assert len(sources) == len(set(sources)) == CHUNK + len(odd)
