@@ -18,7 +18,7 @@ from maskcore.faces import FaceOptions
 from maskcore.manifest import FACE_ROWS, ManifestWriter
 from maskcore.progress import Progress, say
 from maskcore.results import RunResults, group_of
-from maskcore.resume import run_facts, take_up
+from maskcore.resume import Merge, run_facts, take_up
 from maskcore.runners import Runner, RunOptions, make_runner
 from maskcore.settings import DEFAULTS
 from maskcore.storage import LocalSource, S3Store, open_source
@@ -110,25 +110,32 @@ def run_batch(
 
     listed = len(refs)
     taken = None
+    merge: Merge | None = None
     try:
         if resume and writer.stopped:
             say(f"taking up the stopped run in {out}: each picture it did is read again and "
                 "checked against its row's sha256")
-            taken = take_up(writer.stopped, settings, refs, source, emit)
+            taken = take_up(writer.stopped, settings, refs, source)
             refs = [ref for ref in refs if ref.source not in taken.kept]
             say(f"resuming: {len(taken.kept):,} pictures' rows kept from the stopped run in "
                 f"{out}" + (f" ({taken.dropped:,} of its rows not: errors, torn, or pictures "
                             "gone or changed since)" if taken.dropped else "")
                 + f"; {len(refs):,} to classify")
+            merge = Merge(writer.stopped, taken, emit)
         elif resume:
             say(f"nothing to resume in {out} (no stopped run there): from the first picture")
         bar = Progress(len(refs), "pictures", enabled=show_progress)
-        report = runner.run(refs, source, analyzer, emit,
+        report = runner.run(refs, source, analyzer, merge or emit,
                             RunOptions(batch_size=batch_size, threshold=threshold, progress=bar,
                                        stop=stop))
+        if merge is not None:  # stopped or not: every row taken up goes into this run's files
+            merge.finish()
     except BaseException:  # a run-level fault (or an interrupt) mid-way: nothing is kept
         writer.discard()
         raise
+    finally:
+        if merge is not None:
+            merge.close()
     bar.close()
     if stop is not None and stop() and writer.tally.total < listed:
         kept = writer.keep_unfinished()

@@ -2,8 +2,9 @@
 
 A run stopped by Ctrl-C or SIGTERM, or killed, leaves its rows in the results folder's
 ``*.partial`` files and its settings in ``run.json.partial``
-(:class:`~maskcore.manifest.ManifestWriter`). A run that takes it up copies the rows that still
-hold into its own files and classifies only the other pictures. A row holds when:
+(:class:`~maskcore.manifest.ManifestWriter`). A run that takes it up checks which rows still hold
+(:func:`take_up`), classifies only the other pictures, and writes the rows kept among the new
+ones (:class:`Merge`). A row holds when:
 
 * the stopped run had the same settings (:func:`run_facts`: the models, the face stage and the
   threshold, all of which a row's label depends on);
@@ -14,8 +15,7 @@ hold into its own files and classifies only the other pictures. A row holds when
 
 Error rows are not kept: a picture that could not be read may be readable now, and one that
 cannot be decoded costs little to find again. So a resumed run ends with the rows a run from
-scratch would write, but for their ``processed_at`` and their order: the rows taken up come
-first, in the stopped run's order, then the others in the listing's.
+scratch would write, in the same order (:class:`Merge`), but for their ``processed_at``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import hashlib
 import io
 import json
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +34,7 @@ from maskcore.errors import StorageError, UsageError
 from maskcore.manifest import FACE_ROWS, RUN_FACTS, jsonl_records
 from maskcore.storage import Ref, Source
 
-__all__ = ["CHECK_THREADS", "COMPARED", "TakenUp", "run_facts", "take_up"]
+__all__ = ["CHECK_THREADS", "COMPARED", "Merge", "TakenUp", "run_facts", "take_up"]
 
 #: The settings a stopped run must share with the run that takes it up.
 COMPARED = ("model_id", "detector_id", "faces_mode", "threshold")
@@ -54,71 +54,114 @@ def run_facts(*, model_id: str, detector_id: str, faces_mode: str, threshold: fl
 
 @dataclass
 class TakenUp:
-    """What was taken from a stopped run: the sources whose rows were kept, and how many of
-    its picture rows were not (torn, errors, pictures gone or changed since)."""
+    """What was taken from a stopped run: the sources whose rows are kept, and how many of its
+    picture rows are not (torn, errors, pictures gone or changed since)."""
 
     kept: set[str]
     dropped: int = 0
 
 
-def take_up(stopped: dict[str, Path], facts: dict[str, Any], refs: list[Ref], source: Source,
-            emit: Callable[[dict[str, Any]], None]) -> TakenUp:
-    """Hand ``emit`` the rows to keep from a stopped run's set-aside files, in their order:
-    picture rows, each carrying its face rows under :data:`~maskcore.manifest.FACE_ROWS`.
+def take_up(stopped: dict[str, Path], facts: dict[str, Any], refs: list[Ref],
+            source: Source) -> TakenUp:
+    """Which of a stopped run's rows still hold (its files set aside, see
+    :attr:`~maskcore.manifest.ManifestWriter.stopped`); :class:`Merge` then writes them.
 
     Args:
-        stopped: the stopped run's files by name (:attr:`ManifestWriter.stopped`).
+        stopped: the stopped run's files by name.
         facts: this run's settings (:func:`run_facts`).
         refs: what this run lists: rows of other sources are not kept (nor a second row of
             one source).
-        source: reads a picture again to check its bytes.
-        emit: called with each row kept.
+        source: reads each picture again to check its bytes.
 
     Raises:
         UsageError: the stopped run had other settings, or left no JSON Lines or settings to
             read back (exit code 2: run without ``--resume`` to start over).
     """
     _check_facts(stopped, facts)
-    manifest = stopped.get("manifest.jsonl")
-    if manifest is None:
+    if "manifest.jsonl" not in stopped:
         raise UsageError("the stopped run in the results folder wrote no manifest.jsonl "
                          "(--format csv): its rows cannot be read back; run without --resume "
                          "to start over")
     by_source = {ref.source: ref for ref in refs}
-    faces_path = stopped.get("faces.jsonl")
     taken = TakenUp(kept=set())
-    # Rows whose picture is being read again, in order; emitted once their check is back.
-    checking: deque[tuple[dict[str, Any], Ref, Future[bool]]] = deque()
+    # Pictures being read again, at most a few hundred at a time.
+    checking: deque[tuple[str, Future[bool]]] = deque()
 
     def settle(keep: int) -> None:
         while len(checking) > keep:
-            row, ref, unchanged = checking.popleft()
+            name, unchanged = checking.popleft()
             if unchanged.result():
-                taken.kept.add(ref.source)
-                emit(row)
+                taken.kept.add(name)
             else:
                 taken.dropped += 1
 
-    with manifest.open("rb") as pictures, \
-            (faces_path.open("rb") if faces_path is not None else io.BytesIO()) as faces, \
-            ThreadPoolExecutor(CHECK_THREADS) as pool:
-        face_rows = (record for record, _ in jsonl_records(faces, skip_bad=True))
-        for row, _ in jsonl_records(pictures, skip_bad=True):
-            ok = row.get("status") == "ok"
-            own = [next(face_rows, None) for _ in range((row.get("faces") or 0) if ok else 0)]
-            if any(face is None or face.get("source") != row.get("source") for face in own):
-                # A torn end (a run killed mid-write): nothing after it can be paired.
-                taken.dropped += 1
-                break
+    with ThreadPoolExecutor(CHECK_THREADS) as pool:
+        for row, _faces in _whole_rows(stopped, taken):
             ref = by_source.pop(row.get("source", ""), None)  # popped: one row a picture
-            if not ok or ref is None:
+            if row.get("status") != "ok" or ref is None:
                 taken.dropped += 1
                 continue
-            checking.append(({**row, FACE_ROWS: own}, ref,
+            checking.append((ref.source,
                              pool.submit(_unchanged, ref, row.get("sha256", ""), source)))
             settle(CHECK_THREADS * 4)
         settle(0)
     return taken
+
+
+class Merge:
+    """Writes the rows taken up among the new ones, so that the rows stay sorted by source as
+    a run from scratch writes them: each before the first new row whose source sorts after it.
+
+    Use it as the run's ``emit``, then call :meth:`finish` (also when the run was stopped: the
+    rows taken up are then all in its unfinished files).
+
+    Args:
+        stopped: the stopped run's files by name.
+        taken: what :func:`take_up` kept.
+        emit: writes a row (with its face rows under ``FACE_ROWS``).
+    """
+
+    def __init__(self, stopped: dict[str, Path], taken: TakenUp,
+                 emit: Callable[[dict[str, Any]], None]) -> None:
+        self._emit = emit
+        self._file = _whole_rows(stopped)
+        self._rows = ({**row, FACE_ROWS: faces} for row, faces in self._file
+                      if row.get("source") in taken.kept)
+        self._next = next(self._rows, None)
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        while self._next is not None and self._next["source"] < row["source"]:
+            self._emit(self._next)
+            self._next = next(self._rows, None)
+        self._emit(row)
+
+    def finish(self) -> None:
+        """Write the rows taken up that no new row came after."""
+        while self._next is not None:
+            self._emit(self._next)
+            self._next = next(self._rows, None)
+
+    def close(self) -> None:
+        """Close the stopped run's files (read lazily, as the new rows come)."""
+        self._file.close()
+
+
+def _whole_rows(stopped: dict[str, Path], taken: TakenUp | None = None
+                ) -> Generator[tuple[dict[str, Any], list[dict[str, Any]]], None, None]:
+    """A stopped run's picture rows, each with its face rows, in order, up to a torn end (a run
+    killed mid-write: a picture row without all its face rows; counted in ``taken``)."""
+    faces_path = stopped.get("faces.jsonl")
+    with stopped["manifest.jsonl"].open("rb") as pictures, \
+            (faces_path.open("rb") if faces_path is not None else io.BytesIO()) as faces:
+        face_rows = (record for record, _ in jsonl_records(faces, skip_bad=True))
+        for row, _ in jsonl_records(pictures, skip_bad=True):
+            n = (row.get("faces") or 0) if row.get("status") == "ok" else 0
+            own = [next(face_rows, None) for _ in range(n)]
+            if any(face is None or face.get("source") != row.get("source") for face in own):
+                if taken is not None:
+                    taken.dropped += 1
+                return
+            yield row, [face for face in own if face is not None]
 
 
 def _check_facts(stopped: dict[str, Path], facts: dict[str, Any]) -> None:

@@ -310,6 +310,7 @@ def test_sigterm_stops_after_the_pictures_in_hand_and_replaces_nothing(tmp_path,
     assert f"resuming: {len(rows)} pictures' rows kept" in output, output
     assert len(resumed) == len({r["source"] for r in resumed}) == 600
     assert resumed[: len(rows)] == rows
+    assert [r["source"] for r in resumed] == sorted(r["source"] for r in resumed)
     assert json.loads((out / "summary.json").read_text())["resumed"] == len(rows)
 
 
