@@ -127,19 +127,27 @@ class Merge:
         self._file = _whole_rows(stopped)
         self._rows = ({**row, FACE_ROWS: faces} for row, faces in self._file
                       if row.get("source") in taken.kept)
-        self._next = next(self._rows, None)
+        self._left = set(taken.kept)  # what is still to write: one row a picture, as checked
+        self._next = self._take()
+
+    def _take(self) -> dict[str, Any] | None:
+        for row in self._rows:
+            if row["source"] in self._left:
+                self._left.discard(row["source"])
+                return row
+        return None
 
     def __call__(self, row: dict[str, Any]) -> None:
         while self._next is not None and self._next["source"] < row["source"]:
             self._emit(self._next)
-            self._next = next(self._rows, None)
+            self._next = self._take()
         self._emit(row)
 
     def finish(self) -> None:
         """Write the rows taken up that no new row came after."""
         while self._next is not None:
             self._emit(self._next)
-            self._next = next(self._rows, None)
+            self._next = self._take()
 
     def close(self) -> None:
         """Close the stopped run's files (read lazily, as the new rows come)."""
@@ -167,9 +175,9 @@ def _whole_rows(stopped: dict[str, Path], taken: TakenUp | None = None
 def _check_facts(stopped: dict[str, Path], facts: dict[str, Any]) -> None:
     path = stopped.get(RUN_FACTS)
     if path is None:
-        raise UsageError("the stopped run in the results folder left no run.json.partial (an "
-                         "older maskcore wrote it): its settings are unknown; run without "
-                         "--resume to start over")
+        raise UsageError("the stopped run in the results folder left no run.json.partial (a "
+                         "maskcore from before --resume wrote it): its settings are unknown; "
+                         "run without --resume to start over")
     try:
         before = json.loads(path.read_text())
     except (OSError, ValueError) as exc:

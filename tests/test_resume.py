@@ -18,6 +18,7 @@ from maskcore.cli import main
 from maskcore.decode import CHUNK
 from maskcore.errors import UsageError
 from maskcore.manifest import ManifestWriter
+from maskcore.resume import Merge, TakenUp
 from tests.conftest import copy_pictures
 from tests.helpers import encode, gradient
 
@@ -231,3 +232,22 @@ def test_a_resumed_run_stopped_again_keeps_every_row(tmp_path, pictures, model_p
     fresh = tmp_path / "fresh"
     _run(pictures, fresh, model_path)
     assert _results(out) == _results(fresh)
+
+
+def test_merge_writes_each_row_taken_up_once_in_source_order(tmp_path):
+    """Rows taken up go in among the new ones by source; a source the stopped file holds twice
+    is written once, and rows no new row sorts after are written by finish()."""
+    def row(name: str) -> dict:
+        return {"source": name, "status": "ok", "faces": 0}
+
+    manifest = tmp_path / "manifest.jsonl.stopped"
+    manifest.write_text("".join(json.dumps(row(s)) + "\n" for s in ("a", "c", "c", "e", "f")))
+    written: list[str] = []
+    merge = Merge({"manifest.jsonl": manifest}, TakenUp(kept={"a", "c", "e", "f"}),
+                  lambda r: written.append(r["source"]))
+    for name in ("b", "d"):
+        merge(row(name))
+    assert written == ["a", "b", "c", "d"]
+    merge.finish()
+    merge.close()
+    assert written == ["a", "b", "c", "d", "e", "f"]
