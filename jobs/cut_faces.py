@@ -18,9 +18,8 @@ from pathlib import Path
 
 import click
 
-from jobs.draw_masks import new_folder, out_option
 from maskcore.boxdata import box_files
-from maskcore.cli import run_command
+from maskcore.cli import new_folder, out_option, run_command
 from maskcore.errors import ImageDecodeError
 from maskcore.evaluate import SPLITS
 from maskcore.preprocess import decode, face_region

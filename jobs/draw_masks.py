@@ -16,34 +16,17 @@ from pathlib import Path
 
 import click
 
-from maskcore.cli import run_command
+from maskcore.cli import new_folder, out_option, run_command
 from maskcore.dataset import scan
 from maskcore.detector import DEFAULT_DETECTOR
 from maskcore.drawn_masks import WAYS, drawn_close_ups
-from maskcore.errors import DatasetError, UsageError
+from maskcore.errors import DatasetError
 from maskcore.evaluate import SPLITS
 from maskcore.manifest import BARE_CLASS
 from maskcore.progress import say
 from maskcore.split import read_split_record
 
-__all__ = ["draw_masks", "new_folder", "out_option", "run_draw_masks"]
-
-#: The --out of the commands that write pictures to score on (this and cut-faces): a new
-#: folder, so that a second run cannot mix its pictures into a first's.
-out_option = click.option("--out", required=True,
-                          type=click.Path(file_okay=False, path_type=Path),
-                          help="A new folder for the pictures, in class folders.")
-
-
-def new_folder(out: Path) -> None:
-    """Refuse an ``out`` that already holds files (see :data:`out_option`).
-
-    Raises:
-        UsageError: it does.
-    """
-    if out.exists() and any(out.iterdir()):
-        raise UsageError(f"{out} is not empty: give a new folder")
-
+__all__ = ["draw_masks", "run_draw_masks"]
 
 def run_draw_masks(data_dir: Path, out: Path, *, split: str = "val",
                    split_record: Path = DEFAULT_DETECTOR.parent, seed: int = 0) -> Counter[str]:

@@ -11,13 +11,15 @@ import logging
 import math
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from maskcore.errors import MaskcoreError
+from maskcore.errors import MaskcoreError, UsageError
 
-__all__ = ["Finite", "env_option", "main", "run_command", "serving_options", "setup_logging"]
+__all__ = ["Finite", "env_option", "main", "new_folder", "out_option", "run_command",
+           "serving_options", "setup_logging"]
 
 #: What an option decorates: a command's function, or a command already made (as click types it).
 Decorated = TypeVar("Decorated", bound=Callable[..., Any] | click.Command)
@@ -176,6 +178,23 @@ def ray_options_from(args: dict[str, Any]) -> Any:
                       inference_actors=args.get("inference_actors", 1),
                       cpus_per_actor=args.get("cpus_per_actor", 1.0),
                       gpus_per_actor=args.get("gpus_per_actor", 0.0))
+
+
+#: The --out of the commands that write pictures to score on (draw-masks and cut-faces): a new
+#: folder, so that a second run cannot mix its pictures into a first's.
+out_option = click.option("--out", required=True,
+                          type=click.Path(file_okay=False, path_type=Path),
+                          help="A new folder for the pictures, in class folders.")
+
+
+def new_folder(out: Path) -> None:
+    """Refuse an ``out`` that already holds files (see :data:`out_option`).
+
+    Raises:
+        UsageError: it does.
+    """
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{out} is not empty: give a new folder")
 
 
 def run_command(fn: Any, *args: Any, **kwargs: Any) -> Any:
