@@ -124,17 +124,18 @@ class Merge:
     def __init__(self, stopped: dict[str, Path], taken: TakenUp,
                  emit: Callable[[dict[str, Any]], None]) -> None:
         self._emit = emit
+        # The stopped run's files are read a second time, as the new rows come, rather than
+        # held from take_up: memory stays flat whatever the run's size.
         self._file = _whole_rows(stopped)
-        self._rows = ({**row, FACE_ROWS: faces} for row, faces in self._file
-                      if row.get("source") in taken.kept)
-        self._left = set(taken.kept)  # what is still to write: one row a picture, as checked
+        self._left = set(taken.kept)  # still to write: one row a picture, as checked
         self._next = self._take()
 
     def _take(self) -> dict[str, Any] | None:
-        for row in self._rows:
-            if row["source"] in self._left:
+        """The next row to write, with its face rows, or None when there is none."""
+        for row, faces in self._file:
+            if row.get("source") in self._left:
                 self._left.discard(row["source"])
-                return row
+                return {**row, FACE_ROWS: faces}
         return None
 
     def __call__(self, row: dict[str, Any]) -> None:
