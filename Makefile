@@ -75,7 +75,7 @@ train: $(ALL_STAMP)  ## train the face and close-up networks and pair them: make
 ifeq ($(strip $(CLOSEUPS)),)
 	$(BIN)/maskcore train $(DATA) --out "$(OUT)" $(ARGS)
 else
-	$(BIN)/maskcore train $(DATA) --out "$(OUT)/faces" $(ARGS)
+	$(BIN)/maskcore train $(DATA) --out "$(OUT)/faces" --refit $(ARGS)
 	$(BIN)/maskcore train $(CLOSEUPS) --out "$(OUT)/closeups" --epochs 40 --patience 40 --drawn-masks $(ARGS)
 	$(BIN)/maskcore pair "$(OUT)/faces" "$(OUT)/closeups" --out "$(OUT)"
 endif

@@ -83,6 +83,11 @@ SHORT_HELP = "Train, evaluate and export a model to ONNX with its card."
                    "wrongly (nose bare, chin bare, on the chin), each in its close-up's split: "
                    "the only wrongly worn masks on close-ups the model sees (maskcore draw-masks "
                    "writes them out).")
+@click.option("--refit/--no-refit", default=TRAINING.refit, show_default=True,
+              help="Once the validation loss has chosen the best epoch, train again from the "
+                   "same start to that epoch with the box datasets' validation faces added, "
+                   "and export that network (about twice the time; the folder datasets' "
+                   "validation pictures stay out). make train uses it for the face network.")
 @click.option("--widths", default=None, callback=lambda ctx, p, v: _widths(v),
               help="Conv block widths, comma-separated [default: 32,64,128,256,256]; each "
                    "block but the last halves the side.")

@@ -234,11 +234,16 @@ def fit(
     y_val: np.ndarray,
     cfg: TrainConfig,
     sample_weight: np.ndarray | None = None,
+    stop_after: int | None = None,
 ) -> dict[str, list[float]]:
     """Train with early stopping on validation loss, keeping the best weights; returns the history.
 
     ``sample_weight`` (one per training sample) scales each sample's loss: how classes are
     balanced (:func:`maskcore.training.balancing_weights`).
+
+    ``stop_after`` runs exactly that many epochs of the ``cfg.epochs`` schedule and keeps the
+    last weights, with no early stopping (a refit at an epoch the validation loss chose; the
+    validation arrays, which may be empty, are then only logged).
 
     The arrays are the cached output of the shared preprocessing, so no picture is decoded again;
     augmentation runs on training batches only, inside the tf.data pipeline.
@@ -286,19 +291,21 @@ def fit(
 
         train = train.map(mixed, num_parallel_calls=tf.data.AUTOTUNE)
     train = train.prefetch(tf.data.AUTOTUNE)
-    val = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(128)
+    val = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(128) if len(x_val) else None
     # With EMA, its weights are swapped in for each validation and for the callbacks after it,
     # so early stopping judges and keeps the averaged weights.
     callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if cfg.ema > 0 else []
-    callbacks += [
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=cfg.patience, restore_best_weights=True, verbose=1
-        ),
-    ]
+    if stop_after is None:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=cfg.patience, restore_best_weights=True, verbose=1))
+    elif not 1 <= stop_after <= cfg.epochs:
+        raise ValueError(f"stop_after must be within the schedule's 1-{cfg.epochs} epochs")
     hist = model.fit(
-        train, validation_data=val, epochs=cfg.epochs, steps_per_epoch=steps, callbacks=callbacks,
-        verbose=2,
+        train, validation_data=val, epochs=stop_after or cfg.epochs, steps_per_epoch=steps,
+        callbacks=callbacks, verbose=2,
     )
+    if stop_after is not None and cfg.ema > 0:  # keep the averaged weights, as early stopping does
+        model.optimizer.finalize_variable_values(model.trainable_variables)
     return {k: [float(v) for v in vs] for k, vs in hist.history.items()}
 
 

@@ -13,13 +13,18 @@ import numpy as np  # noqa: E402
 __all__ = ["plot_history", "plot_confusion", "plot_calibration", "plot_errors"]
 
 
-def plot_history(history: dict[str, list[float]], path: Path) -> Path:
-    """Accuracy and loss per epoch, train against validation."""
+def plot_history(history: dict[str, list[float]], path: Path,
+                 refit: dict[str, list[float]] | None = None) -> Path:
+    """Accuracy and loss per epoch, train against validation; with ``refit``, the training
+    curve of the network fitted again (train plus the box datasets' validation faces) too."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     epochs = np.arange(1, len(history.get("loss", [])) + 1)
     for ax, key in zip(axes, ("accuracy", "loss"), strict=True):
         ax.plot(epochs, history.get(key, []), label="train")
         ax.plot(epochs, history.get(f"val_{key}", []), label="validation")
+        if refit:
+            ax.plot(np.arange(1, len(refit.get(key, [])) + 1), refit.get(key, []), "--",
+                    label="refit, train + box validation (exported)")
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         ax.set_title(key)

@@ -209,3 +209,38 @@ def test_cut_faces_writes_each_boxed_face_of_a_split_as_a_picture(tmp_path):
     # a folder that holds files already is refused, not mixed into
     r = CliRunner().invoke(main, ["cut-faces", str(root), "--out", str(out)])
     assert r.exit_code == 2 and "not empty" in r.output
+
+
+def test_refit_adds_the_box_datasets_validation_faces(tmp_path):
+    voc = make_voc(tmp_path / "voc")
+    folders = make_dataset(tmp_path / "closeups", ["with_mask", "without_mask"], 20,
+                           ["disc", "square"])
+    out = tmp_path / "model"
+    r = CliRunner().invoke(main, ["train", str(folders), str(voc), "--out", str(out), *FAST,
+                                  "--epochs", "3", "--refit"])
+    assert r.exit_code == 0, r.output
+    card = ModelCard.read(out / "model.json")
+    training = card.extra["training"]
+    refit = training["refit"]
+    per_split = {d["name"]: d for d in card.extra["training_data"]["datasets"]}
+    voc_val = per_split["voc"]["faces_per_split"]["val"]
+    closeups = per_split["closeups"]["split_sizes"]
+    voc_train = per_split["voc"]["faces_per_split"]["train"]
+    # The box dataset's validation faces join training; the close-ups' stay out.
+    assert refit["validation_added"] == {"voc": voc_val} and voc_val > 0
+    assert refit["samples"] == closeups["train"] + voc_train + voc_val
+    assert refit["epochs"] == training["best_epoch"]
+    history = json.loads((out / "report.json").read_text())["refit"]["history"]
+    assert len(history["loss"]) == refit["epochs"]
+    assert len(history["val_loss"]) == refit["epochs"]  # on the close-ups' validation alone
+    assert "class_weight" in refit
+
+
+def test_refit_without_a_box_dataset_is_refused_before_training(tmp_path):
+    folders = make_dataset(tmp_path / "closeups", ["with_mask", "without_mask"], 20,
+                           ["disc", "square"])
+    r = CliRunner().invoke(main, ["train", str(folders), "--out", str(tmp_path / "m"), *FAST,
+                                  "--refit"])
+    assert r.exit_code == 2
+    assert "no box dataset" in r.output and "Epoch" not in r.output
+    assert not (tmp_path / "m").exists()
