@@ -96,15 +96,24 @@ def test_faces_of_one_picture_share_its_split_and_crops_match_serving(tmp_path):
     np.testing.assert_array_equal(served, trained)
 
 
-def test_three_classes_from_boxes_and_folders_train_and_serve(tmp_path):
+def closeups(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "closeups", ["with_mask", "without_mask"], 20,
+                        ["disc", "square"])
+
+
+def train_on_both(tmp_path: Path, *extra: str) -> tuple[Path, Path]:
+    """Train on close-ups and a VOC dataset made here; returns the VOC folder and the model's."""
     voc = make_voc(tmp_path / "voc")
-    folders = make_dataset(tmp_path / "closeups", ["with_mask", "without_mask"], 20,
-                           ["disc", "square"])
     out = tmp_path / "model"
-    r = CliRunner().invoke(main, ["train", str(folders), str(voc), "--out", str(out), *FAST,
-                                  "--crop-margin", "0.15"])
+    r = CliRunner().invoke(main, ["train", str(closeups(tmp_path)), str(voc), "--out", str(out),
+                                  *FAST, *extra])
     assert r.exit_code == 0, r.output
     assert "box dataset voc" in r.output and "mask_weared_incorrect" in r.output
+    return voc, out
+
+
+def test_three_classes_from_boxes_and_folders_train_and_serve(tmp_path):
+    voc, out = train_on_both(tmp_path, "--crop-margin", "0.15")
     card = ModelCard.read(out / "model.json")
     assert card.classes == ["with_mask", "without_mask", "mask_weared_incorrect"]
     assert card.extra["face_crop"]["margin"] == 0.15
@@ -212,13 +221,7 @@ def test_cut_faces_writes_each_boxed_face_of_a_split_as_a_picture(tmp_path):
 
 
 def test_refit_adds_the_box_datasets_validation_faces(tmp_path):
-    voc = make_voc(tmp_path / "voc")
-    folders = make_dataset(tmp_path / "closeups", ["with_mask", "without_mask"], 20,
-                           ["disc", "square"])
-    out = tmp_path / "model"
-    r = CliRunner().invoke(main, ["train", str(folders), str(voc), "--out", str(out), *FAST,
-                                  "--epochs", "3", "--refit"])
-    assert r.exit_code == 0, r.output
+    _, out = train_on_both(tmp_path, "--epochs", "3", "--refit")
     card = ModelCard.read(out / "model.json")
     training = card.extra["training"]
     refit = training["refit"]
@@ -237,10 +240,8 @@ def test_refit_adds_the_box_datasets_validation_faces(tmp_path):
 
 
 def test_refit_without_a_box_dataset_is_refused_before_training(tmp_path):
-    folders = make_dataset(tmp_path / "closeups", ["with_mask", "without_mask"], 20,
-                           ["disc", "square"])
-    r = CliRunner().invoke(main, ["train", str(folders), "--out", str(tmp_path / "m"), *FAST,
-                                  "--refit"])
+    r = CliRunner().invoke(main, ["train", str(closeups(tmp_path)), "--out", str(tmp_path / "m"),
+                                  *FAST, "--refit"])
     assert r.exit_code == 2
     assert "no box dataset" in r.output and "Epoch" not in r.output
     assert not (tmp_path / "m").exists()
