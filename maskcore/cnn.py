@@ -25,7 +25,7 @@ from tensorflow import keras  # noqa: E402
 from maskcore.card import INPUT_NAME, OUTPUT_NAME  # noqa: E402
 
 __all__ = ["TrainConfig", "augment_batch", "build_model", "count_flops", "fit", "float32_copy",
-           "predict", "resolve_compute", "save_for_inference", "setup_tensorflow"]
+           "predict", "reseed", "resolve_compute", "save_for_inference", "setup_tensorflow"]
 
 #: Keras dtype policy for each ``TrainConfig.compute`` choice.
 POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16"}
@@ -69,9 +69,18 @@ class TrainConfig:
     seed: int = 0
 
 
-def setup_tensorflow(seed: int) -> list[str]:
-    """Seed Python, NumPy and TF; let GPU memory grow. Returns the GPUs TensorFlow sees."""
+def reseed(seed: int) -> None:
+    """Seed Python, NumPy and TF: a model built next gets the same initial weights as the
+    first one built after :func:`setup_tensorflow` with this seed."""
     keras.utils.set_random_seed(seed)
+
+
+def setup_tensorflow(seed: int) -> list[str]:
+    """Seed Python, NumPy and TF; let GPU memory grow. Returns the GPUs TensorFlow sees.
+
+    Once per process: TensorFlow refuses to change a GPU's settings after it has used it.
+    """
+    reseed(seed)
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         # Without this TF takes the whole card up front, starving anything else on it.

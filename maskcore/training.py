@@ -499,7 +499,7 @@ def _refit(parts: list[_Part], index_of: dict[str, int], *, spec: PreprocessSpec
     _log(f"refit: {epochs} epochs (the first fit's best) on {len(y)} samples, adding the "
          f"validation faces of {', '.join(f'{k} ({n})' for k, n in added.items())}; "
          f"{len(y_val)} validation samples left out")
-    cnn.setup_tensorflow(seed)  # the same initial weights and draws as the first fit
+    cnn.reseed(seed)  # the same initial weights and draws as the first fit
     model = cnn.build_model(len(index_of), spec.size, cfg)
     t = time.monotonic()
     history = cnn.fit(model, x, y, x_val, y_val, cfg, weights, stop_after=epochs)
