@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -66,8 +67,8 @@ def batch(input_spec: str, out: Path, model: str | None, batch_size: int, device
     \b
     Ctrl-C or SIGTERM stops it after the pictures in hand: their rows stay in
     OUT/*.partial, and OUT's earlier results are not replaced. A second one
-    stops at once. The same command with --resume then classifies only the
-    pictures the stopped run had not done.
+    stops at once. The same command with --resume (the stop prints it) then
+    classifies only the pictures the stopped run had not done.
 
     \b
     Exit codes: 0 finished (error rows included), 1 finished with error rows and
@@ -98,8 +99,25 @@ def batch(input_spec: str, out: Path, model: str | None, batch_size: int, device
     with StopRequest(on_first, lambda name: say(f"{name} again: stopped, nothing written")) as stop:
         summary = run_command(_run)
     if summary.get("stopped"):
-        say(format_stopped(summary))
+        say(format_stopped(summary, again=resume_command()))
         sys.exit(stop.exit_code)
     click.echo(format_summary(summary))
     if fail_on_error and summary["errors"]:
         sys.exit(1)
+
+
+def resume_command() -> str | None:
+    """The command line that takes a stopped run up: this one, with ``--resume`` (None when
+    this process's arguments are not the command's, as under click's test runner).
+
+    Printed when a run stops, so that a run started with a generated ``--out`` (``make batch``
+    names a new folder by the time) is taken up in that folder and not started over in another.
+    """
+    args = sys.argv[1:]
+    if "batch" not in args:
+        return None
+    # The program as it was run (a path when run from a script), so that the line works as
+    # printed even where maskcore is not on PATH; ``python -m maskcore`` through this Python.
+    program = [sys.executable, "-m", "maskcore"] if Path(sys.argv[0]).name == "__main__.py" \
+        else [sys.argv[0]]
+    return shlex.join(program + args + ([] if "--resume" in args else ["--resume"]))

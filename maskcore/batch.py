@@ -209,10 +209,12 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_stopped(summary: dict[str, Any]) -> str:
-    """What a stopped run says: how far it got and where its rows are."""
+def format_stopped(summary: dict[str, Any], again: str | None = None) -> str:
+    """What a stopped run says: how far it got, where its rows are and how to take it up
+    (``again``: the command that does, when the caller knows it)."""
     out = summary["output"]
+    how = (f"To classify only the rest: {again}" if again else
+           "Run it again with --resume to classify only the rest")
     return (f"stopped: {summary['total']:,} of {summary['listed']:,} pictures done, their "
             f"rows in {Path(out) / '*.partial'}. Nothing else in {out} was replaced (an "
-            "earlier run's results stay). Run it again with --resume to classify only the "
-            "rest, or without it to start over.")
+            f"earlier run's results stay). {how} (without --resume it starts over).")

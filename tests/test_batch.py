@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -305,9 +306,18 @@ def test_sigterm_stops_after_the_pictures_in_hand_and_replaces_nothing(tmp_path,
     assert children  # the decode processes, which must end with the job
     _, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, [c.pid for c in alive]
-    # Taken up with --resume: the rest is classified, and every picture has one row.
-    resumed, output = _classify(root, out, model_path, "--resume")
-    assert f"resuming: {len(rows)} pictures' rows kept" in output, output
+    # Taken up by the command the stop printed (the same one with --resume): the rest is
+    # classified, and every picture has one row.
+    again = re.search(r"To classify only the rest: (.+) \(without --resume it starts over\)",
+                      stderr)
+    assert again, stderr[-2000:]
+    command = shlex.split(again[1])
+    assert command[:4] == [sys.executable, "-m", "maskcore", "batch"], command
+    assert command[-1] == "--resume" and str(out) in command
+    taken = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert taken.returncode == 0, taken.stderr[-2000:]
+    assert f"resuming: {len(rows)} pictures' rows kept" in taken.stderr, taken.stderr[-2000:]
+    resumed = _rows(out)
     assert len(resumed) == len({r["source"] for r in resumed}) == 600
     assert resumed[: len(rows)] == rows
     assert [r["source"] for r in resumed] == sorted(r["source"] for r in resumed)
