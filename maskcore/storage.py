@@ -123,6 +123,10 @@ class LocalSource:
     Args:
         path: the folder or file.
         exclude: folders not to list (the job's own output folders, when they lie inside).
+
+    Raises:
+        StorageError: the input does not exist.
+        UsageError: the input is empty, or a folder that lies in one of ``exclude``.
     """
 
     def __init__(self, path: str | os.PathLike[str],
@@ -133,6 +137,15 @@ class LocalSource:
         if not self.path.exists() and not self.path.is_symlink():
             raise StorageError(f"input not found: {path}")
         self.exclude = [Path(e).resolve() for e in exclude]
+        if self.path.is_dir():
+            for folder in self.exclude:
+                # Everything under the input would be left out as the job's own output, and
+                # the run would write an empty manifest over the folder's results.
+                if _inside(self.path, folder):
+                    raise UsageError(
+                        f"the input {path} lies in {folder}, a folder this job writes to: every "
+                        "picture in it would be left out as the job's own output. Write to "
+                        "another folder (one inside the input is fine: it is left out).")
         self.hidden_skipped = 0
         self.excluded = 0
 

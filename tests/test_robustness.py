@@ -120,6 +120,25 @@ def test_output_inside_the_input_is_not_classified_next_time(tmp_path):
         assert [r["source"] for r in rows(src / "results")] == ["a.png"]
 
 
+@pytest.mark.parametrize("where", ["the input", "above it"])
+def test_output_that_holds_the_input_is_refused(tmp_path, where):
+    """--out (or --annotate) naming the input folder, or a folder the input lies in, would
+    leave every picture out as the job's own output: refused before anything is written."""
+    src = tmp_path / "in" / "pictures"
+    src.mkdir(parents=True)
+    (src / "a.png").write_bytes(encode(gradient()))
+    out = src if where == "the input" else tmp_path / "in"
+    for option in ("--out", "--annotate"):
+        args = ["--out", str(out)] if option == "--out" else \
+            ["--out", str(tmp_path / "res"), "--annotate", str(out)]
+        code, output = batch(str(src), *args)
+        assert code == 2, output
+        assert "a folder this job writes to" in output, output
+    assert sorted(p.name for p in src.iterdir()) == ["a.png"]
+    assert not (tmp_path / "res").exists() and sorted(p.name for p in (tmp_path / "in").iterdir()) \
+        == ["pictures"]
+
+
 def test_annotated_copies_inside_the_input_are_not_classified_next_time(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
