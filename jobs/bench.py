@@ -140,6 +140,7 @@ def bench(data: Path, model: str, limit: int, workers: int | None, device: Devic
     results: dict[str, float] = {}
     n = len(paths)
     counts: dict[str, int] = {}  # pictures a stage ran on, where not the n close-ups
+    notes: list[str] = []  # lines under the tables
     click.echo(f"{n} pictures from {data}; model {engine.model_id} ({engine.precision}) on "
                f"{engine.device}; "
                f"{workers} decode workers", err=True)
@@ -161,11 +162,19 @@ def bench(data: Path, model: str, limit: int, workers: int | None, device: Devic
                             show_progress=False)
         results["cf"] = summary["wall_seconds"]
         if scenes.is_dir():
-            street = run_batch(str(scenes), tmp / "out_scenes", model=model, device=device,
-                               precision=engine.precision, faces="auto", workers=workers,
-                               show_progress=False)
-            results["g"] = street["wall_seconds"]
-            counts["g"] = street["total"]
+            # (g) is the goal the host's noise moves most (a run is 8-10 s): the median of a
+            # few runs, each written down, rather than whichever one the hour gave.
+            street_runs = [run_batch(str(scenes), tmp / "out_scenes", model=model,
+                                     device=device, precision=engine.precision, faces="auto",
+                                     workers=workers, show_progress=False)
+                           for _ in range(STREET_RUNS)]
+            walls = [run["wall_seconds"] for run in street_runs]
+            results["g"] = float(np.median(walls))
+            counts["g"] = street_runs[0]["total"]
+            notes.append(f"(g) is the median of {STREET_RUNS} runs of the "
+                         f"{counts['g']} street pictures: "
+                         + ", ".join(f"{counts['g'] / w:.1f}" for w in walls)
+                         + " pictures a second, in the order they ran.")
             street_paths = sorted(scenes.iterdir())
             results["h"], counts["h"] = bench_detector(street_paths, device, None)
             camera = _camera_sized(street_paths[:CAMERA_PICTURES], tmp / "camera")
@@ -217,12 +226,15 @@ def bench(data: Path, model: str, limit: int, workers: int | None, device: Devic
         click.echo(f"no {keras_path}: skipping (a) and (b)", err=True)
 
     rate = {k: counts.get(k, n) / v for k, v in results.items()}
-    table = _table(rate, results, n, stages)
+    table = _table(rate, results, n, stages) + "".join(f"\n\n{line}" for line in notes)
     click.echo(table)
     if write:
         _write(write, table, n, workers, engine)
         click.echo(f"\nwritten to {write}", err=True)
 
+
+#: Runs of the street pictures that (g) is the median of.
+STREET_RUNS = 3
 
 #: Street pictures enlarged to a camera's frame for stage (i): what a phone or a camera's
 #: full-size pictures cost, the detector's second look included (docs/MODEL.md).
