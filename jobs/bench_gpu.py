@@ -14,9 +14,11 @@ from pathlib import Path
 
 import click
 import numpy as np
+from PIL import Image
 
 from maskcore.detector import FaceDetector
 from maskcore.engine import Engine
+from maskcore.errors import ImageDecodeError
 from maskcore.preprocess import decode
 
 
@@ -31,6 +33,21 @@ def _rate(fn: object, n: int, repeat: int = 3) -> float:
     return n / best
 
 
+def _pictures(data: Path) -> list[Image.Image]:
+    """The pictures directly in ``data``, decoded (hidden files and other files passed over:
+    a licence file beside the pictures must not end a run on a lent GPU's short time)."""
+    images = []
+    for path in sorted(data.iterdir()):
+        if path.is_file() and not path.name.startswith("."):
+            try:
+                images.append(decode(path.read_bytes()).image)
+            except ImageDecodeError:
+                continue
+    if not images:
+        raise click.UsageError(f"no picture in {data}")
+    return images
+
+
 @click.command()
 @click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="A folder of street pictures.")
@@ -43,21 +60,24 @@ def bench_gpu(data: Path, device: str) -> None:
     engine = Engine(device=device, precision="fp32")  # type: ignore[arg-type]
     click.echo(f"classifier {engine.model_id} on {engine.device} [{engine.provider}]")
     x = np.random.default_rng(0).random((1024, *engine.spec.size, 3), dtype=np.float32)
-    for b in (64, 256, 1024):
-        r = _rate(lambda b=b: [engine.predict(x[i:i + b]) for i in range(0, len(x), b)], len(x))
-        rows.append((f"classifier alone, batch {b} (faces a second)", r))
+    # A paired model reads face crops and whole pictures with different networks: both.
+    for whole in ((False, True) if engine.has_whole_branch else (False,)):
+        what = "whole pictures" if whole else "faces"
+        for b in (64, 256, 1024):
+            r = _rate(lambda b=b, whole=whole: [engine.predict(x[i:i + b], whole=whole)
+                                                for i in range(0, len(x), b)], len(x))
+            rows.append((f"classifier alone, batch {b} ({what} a second)", r))
     det = FaceDetector(device=device)  # type: ignore[arg-type]
     click.echo(f"detector {det.model_id} on {det.device} "
                f"[{det.session.get_providers()[0]}]")
-    paths = sorted(p for p in data.iterdir() if p.is_file())
-    canvas = det.prepare(decode(paths[0].read_bytes()).image)[0]
+    images = _pictures(data)
+    canvas = det.prepare(images[0])[0]
     for b in (1, 8, 32, 64):
         batch = np.stack([canvas] * b)
         reps = max(1, 256 // b)
         r = _rate(lambda batch=batch, reps=reps: [det.run(batch) for _ in range(reps)], b * reps)
         rows.append((f"detector network alone, batch {b}, canvas {canvas.shape[1]}x"
                      f"{canvas.shape[2]}", r))
-    images = [decode(p.read_bytes()).image for p in paths]
     rows.append(("detector with pre- and post-processing (detect), decoded pictures",
                  _rate(lambda: det.detect(images), len(images))))
     with tempfile.TemporaryDirectory() as tmp:
@@ -67,7 +87,7 @@ def bench_gpu(data: Path, device: str) -> None:
             rows.append((f"maskcore batch --faces {faces} --device {device}, end to end "
                          f"({s['total']} pictures, {s['workers']} decode workers)",
                          s["images_per_second"]))
-    click.echo(f"\n{platform.node()}, {len(paths)} pictures from {data}\n")
+    click.echo(f"\n{platform.node()}, {len(images)} pictures from {data}\n")
     click.echo("| stage | per second |\n| --- | ---: |")
     for name, r in rows:
         click.echo(f"| {name} | {r:,.0f} |")
