@@ -18,8 +18,9 @@ from PIL import Image
 
 from maskcore.detector import FaceDetector
 from maskcore.engine import Engine
-from maskcore.errors import ImageDecodeError
+from maskcore.errors import ImageDecodeError, StorageError
 from maskcore.preprocess import decode
+from maskcore.storage import LocalSource
 
 
 def _rate(fn: object, n: int, repeat: int = 3) -> float:
@@ -34,15 +35,16 @@ def _rate(fn: object, n: int, repeat: int = 3) -> float:
 
 
 def _pictures(data: Path) -> list[Image.Image]:
-    """The pictures directly in ``data``, decoded (hidden files and other files passed over:
-    a licence file beside the pictures must not end a run on a lent GPU's short time)."""
+    """The pictures under ``data``, decoded: listed as the batch job lists them (hidden files
+    skipped), and files that are not pictures passed over, since a licence file beside the
+    pictures must not end a run on a lent GPU's short time."""
+    source = LocalSource(data)
     images = []
-    for path in sorted(data.iterdir()):
-        if path.is_file() and not path.name.startswith("."):
-            try:
-                images.append(decode(path.read_bytes()).image)
-            except ImageDecodeError:
-                continue
+    for ref in source.list():
+        try:
+            images.append(decode(source.read(ref)).image)
+        except (StorageError, ImageDecodeError):
+            continue
     if not images:
         raise click.UsageError(f"no picture in {data}")
     return images
