@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from maskcore import provenance
 from maskcore.boxdata import box_files
 from maskcore.card import file_sha256
 from maskcore.detector import (
@@ -396,4 +397,6 @@ def _card(onnx_path: Path, base: str | Path, spec: DetectorSpec, cfg: DetectorTr
             "threshold_rule": f"the most faces found on the validation pictures with at most "
                               f"{FALSE_BOX_BUDGET} false boxes a picture",
         },
+        "versions": provenance.versions(),
+        "machine": provenance.machine(),
     }

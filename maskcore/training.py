@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 
+from maskcore import provenance
 from maskcore.boxdata import audit_boxes, format_box_audit, is_box_dataset, load_box_dataset
 from maskcore.card import ModelCard, file_sha256
 from maskcore.clock import utc_now
@@ -451,7 +450,8 @@ def run_training(
                 "total_seconds": round(time.monotonic() - t0, 1),
                 "gpus": gpus,
             },
-            "versions": _versions(),
+            "versions": provenance.versions(),
+            "machine": provenance.machine(),
         },
     )
     card.write(out)
@@ -506,14 +506,3 @@ def _refit(parts: list[_Part], index_of: dict[str, int], *, spec: PreprocessSpec
     return model, {"epochs": epochs, "validation_added": added, "samples": len(y),
                    "class_weight": class_weight, "fit_seconds": round(time.monotonic() - t, 1),
                    "history": history}
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("tensorflow-cpu", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime-gpu",
-                "onnxruntime", "numpy", "pillow"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out

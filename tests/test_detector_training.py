@@ -159,6 +159,7 @@ def test_the_job_fine_tunes_on_training_pictures_and_writes_a_detector_that_serv
     assert refit["pictures"] == counts["train"] + counts["val"]
     assert len(refit["history"]) == 1 and refit["parity_max_abs_diff"] <= 1e-3
     assert "validation pictures" in card["provenance"]["fine_tuned_on"]
+    assert card["versions"]["keras"] and card["machine"]["cores"] >= 1
     first = tmp_path / "first"
     result = CliRunner().invoke(main, ["train-detector", str(data), "--out", str(first),
                                        "--epochs", "1", "--no-refit"])

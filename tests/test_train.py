@@ -95,6 +95,8 @@ def test_whole_job_on_a_small_dataset(two_class, tmp_path):
     # 80 pictures and 3 copies of one of them: 80 distinct (the 2 unreadable files are extra)
     assert sum(extra["training_data"]["split_sizes"].values()) == 80
     assert 0 < extra["gflops_per_picture"] < 0.2
+    # what another fit would need to come out byte for byte: versions and the machine
+    assert extra["versions"]["keras"] and extra["machine"]["cores"] >= 1
     report = json.loads((out / "report.json").read_text())
     assert set(report["test"]) >= {"accuracy", "per_class", "confusion", "roc_auc", "ece"}
     # the ONNX file is what the card says: named tensors, symbolic batch, metadata
