@@ -24,7 +24,12 @@ OUT    ?= out/model
 BOXES  ?= ../shared/datasets/face-mask-scenes
 DETECTOR_OUT ?= out/detector
 INPUT  ?=
-OUTPUT ?= results/$(shell date -u +%Y%m%dT%H%M%SZ)
+RUNS   ?= results
+# A stopped `make batch` is taken up in its own folder: with ARGS=--resume and no OUTPUT=, the
+# newest folder under $(RUNS)/ that a stopped run left (its run.json.partial), not a new one
+# where there would be nothing to resume.
+STOPPED = $(patsubst %/run.json.partial,%,$(firstword $(shell ls -t $(RUNS)/*/run.json.partial 2>/dev/null)))
+OUTPUT ?= $(or $(if $(filter --resume,$(ARGS)),$(STOPPED)),$(RUNS)/$(shell date -u +%Y%m%dT%H%M%SZ))
 MODEL  ?=
 ARGS   ?=
 

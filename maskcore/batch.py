@@ -98,7 +98,8 @@ def run_batch(
     say(f"{len(refs):,} files under {source.describe()}"
         + (f" ({skipped} hidden skipped)" if skipped else "")
         + (f" ({own} in the output folders left out)" if own else ""))
-    settings = run_facts(model_id=engine.model_id, detector_id=analyzer.detector_id,
+    settings = run_facts(input_id=str(input_root or source.describe()),
+                         model_id=engine.model_id, detector_id=analyzer.detector_id,
                          faces_mode=faces, threshold=threshold, started_at=started)
     writer = ManifestWriter(out, engine.classes, formats, facts=settings, take_up=resume)
     flagged: list[dict[str, Any]] = []  # kept for --annotate only: a few rows, not the run

@@ -6,8 +6,9 @@ A run stopped by Ctrl-C or SIGTERM, or killed, leaves its rows in the results fo
 (:func:`take_up`), classifies only the other pictures, and writes the rows kept among the new
 ones (:class:`Merge`). A row holds when:
 
-* the stopped run had the same settings (:func:`run_facts`: the models, the face stage and the
-  threshold, all of which a row's label depends on);
+* the stopped run had the same input and settings (:func:`run_facts`: the models, the face
+  stage and the threshold, all of which a row's label depends on; another input's rows would be
+  merged into this one's, and its stopped run lost);
 * it is whole: an ``ok`` picture row followed by every one of its face rows (a run killed
   mid-write leaves the last picture torn);
 * its picture is still listed, and its bytes are those classified (read again and hashed: a
@@ -37,7 +38,7 @@ from maskcore.storage import Ref, Source
 __all__ = ["CHECK_THREADS", "COMPARED", "Merge", "TakenUp", "run_facts", "take_up"]
 
 #: The settings a stopped run must share with the run that takes it up.
-COMPARED = ("model_id", "detector_id", "faces_mode", "threshold")
+COMPARED = ("input", "model_id", "detector_id", "faces_mode", "threshold")
 
 #: Threads reading pictures back to check them: an S3 read mostly waits on the network, so
 #: reads one at a time could cost about what classifying the pictures again would; a local
@@ -45,11 +46,15 @@ COMPARED = ("model_id", "detector_id", "faces_mode", "threshold")
 CHECK_THREADS = 16
 
 
-def run_facts(*, model_id: str, detector_id: str, faces_mode: str, threshold: float,
-              started_at: str) -> dict[str, Any]:
-    """What ``run.json.partial`` records of a run (:data:`COMPARED`, and when it started)."""
-    return {"model_id": model_id, "detector_id": detector_id, "faces_mode": faces_mode,
-            "threshold": threshold, "started_at": started_at}
+def run_facts(*, input_id: str, model_id: str, detector_id: str, faces_mode: str,
+              threshold: float, started_at: str) -> dict[str, Any]:
+    """What ``run.json.partial`` records of a run (:data:`COMPARED`, and when it started).
+
+    ``input_id`` names the input however it was typed: a local folder's resolved path, an S3
+    prefix's URL.
+    """
+    return {"input": input_id, "model_id": model_id, "detector_id": detector_id,
+            "faces_mode": faces_mode, "threshold": threshold, "started_at": started_at}
 
 
 @dataclass
@@ -184,12 +189,13 @@ def _check_facts(stopped: dict[str, Path], facts: dict[str, Any]) -> None:
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot read the stopped run's settings ({path.name}): {exc}; run "
                          "without --resume to start over") from exc
+    # A run stopped by a maskcore that did not record its input yet is taken at its word there.
     differ = [f"{key} {before.get(key)!r} then, {facts[key]!r} now" for key in COMPARED
-              if before.get(key) != facts[key]]
+              if before.get(key, facts[key] if key == "input" else None) != facts[key]]
     if differ:
         raise UsageError("the stopped run in the results folder had other settings ("
-                         + "; ".join(differ) + "): resume with the same model, --faces and "
-                         "--threshold, or run without --resume to start over")
+                         + "; ".join(differ) + "): resume with the same input, model, --faces "
+                         "and --threshold, or run without --resume to start over")
 
 
 def _unchanged(ref: Ref, sha256: str, source: Source) -> bool:

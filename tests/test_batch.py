@@ -227,19 +227,22 @@ def test_memory_stays_flat_on_a_large_input(tmp_path, model_path):
     assert growth_mb < 60, peaks  # 10x the pictures; the row buffer is all that may grow
 
 
-def test_make_batch_on_examples(tmp_path):
-    """The README's first command, through make, as a person types it."""
-    out = tmp_path / "res"
-    # As from a fresh shell: under `make test ARGS=...` make exports its command-line variables
-    # to every make below it (the environment and MAKEFLAGS), and pytest's ARGS would reach
-    # `maskcore batch`.
+def _fresh_shell_env() -> dict[str, str]:
+    """The environment of a fresh shell: under `make test ARGS=...` make exports its
+    command-line variables to every make below it (the environment and MAKEFLAGS), and
+    pytest's ARGS would reach `maskcore batch`."""
     flags = os.environ.get("MAKEFLAGS", "")
     given = {w.split("=", 1)[0] for w in re.split(r"(?<!\\) ", flags.partition(" -- ")[2])
              if "=" in w}
-    env = {k: v for k, v in os.environ.items()
-           if k not in given | {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"}}
+    return {k: v for k, v in os.environ.items()
+            if k not in given | {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"}}
+
+
+def test_make_batch_on_examples(tmp_path):
+    """The README's first command, through make, as a person types it."""
+    out = tmp_path / "res"
     r = subprocess.run(["make", "-s", "batch", "INPUT=examples/", f"OUTPUT={out}"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300, env=env)
+                       capture_output=True, text=True, timeout=300, env=_fresh_shell_env())
     assert r.returncode == 0, r.stderr[-2000:]
     assert "with_mask" in r.stdout and "pictures/s" in r.stdout
     assert "maskcore report" in r.stdout  # where to look next
@@ -247,6 +250,35 @@ def test_make_batch_on_examples(tmp_path):
     assert {p.name for p in out.iterdir()} == {"manifest.jsonl", "manifest.csv", "faces.jsonl",
                                                "faces.csv", "summary.json"}
     assert json.loads((out / "summary.json").read_text())["errors"] == 0
+
+
+def test_make_batch_resume_takes_up_the_newest_stopped_run(tmp_path):
+    """`make batch ARGS=--resume` without OUTPUT= resumes in the folder a stopped run left, not
+    in a new timestamped one where there would be nothing to resume (make -n: the command)."""
+    runs = tmp_path / "results"
+    for name, age in (("20260101T000000Z", 60), ("older-by-name-newer", 0), ("done", 0)):
+        (runs / name).mkdir(parents=True)
+        if name != "done":  # a finished run leaves no run.json.partial
+            partial = runs / name / "run.json.partial"
+            partial.write_text("{}")
+            os.utime(partial, (time.time() - age,) * 2)
+
+    def out_of(*variables: str) -> str:
+        r = subprocess.run(["make", "-s", "-n", "batch", "INPUT=examples/", f"RUNS={runs}",
+                            *variables], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                           env=_fresh_shell_env())
+        assert r.returncode == 0, r.stderr
+        found = re.search(r'--out "([^"]+)"', r.stdout)
+        assert found, r.stdout
+        return found[1]
+
+    assert out_of("ARGS=--workers 1 --resume") == str(runs / "older-by-name-newer")
+    assert out_of("ARGS=--resume", f"OUTPUT={tmp_path / 'mine'}") == str(tmp_path / "mine")
+    fresh = out_of()  # without --resume: a new folder named by the time
+    assert re.fullmatch(re.escape(str(runs)) + r"/\d{8}T\d{6}Z", fresh), fresh
+    for partial in runs.glob("*/run.json.partial"):
+        partial.unlink()
+    assert out_of("ARGS=--resume") != str(runs / "older-by-name-newer")  # none stopped: new
 
 
 def test_threshold_labels_low_scores_uncertain(tmp_path, face_pictures, model_path):

@@ -97,7 +97,8 @@ def test_a_stopped_run_is_taken_up_and_ends_as_a_fresh_run_would(tmp_path, pictu
     assert "taken up from the stopped run" in format_summary(summary)
 
 
-def test_other_settings_are_refused_and_the_stopped_rows_stay(tmp_path, pictures, model_path):
+def test_another_input_or_other_settings_are_refused_and_the_stopped_rows_stay(tmp_path, pictures,
+                                                                            model_path):
     out = tmp_path / "out"
     _run(pictures, out, model_path, stop=_after_polls(1))
     partial = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -107,7 +108,15 @@ def test_other_settings_are_refused_and_the_stopped_rows_stay(tmp_path, pictures
     assert result.exit_code == 2, result.output
     assert "threshold 0.5 then, 0.8 now" in result.output and "Traceback" not in result.output
     assert {p.name: p.read_bytes() for p in out.iterdir()} == partial
-    summary = _run(pictures, out, model_path, resume=True)  # the same settings: taken up
+    # Another input (a folder inside the first): its rows would replace the stopped run's.
+    result = CliRunner().invoke(main, ["batch", str(pictures / "a"), "--out", str(out),
+                                       "--model", str(model_path), "--resume", "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert f"input {str(pictures.resolve())!r} then, {str((pictures / 'a').resolve())!r} now" in result.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == partial
+    # The same settings and the same folder, however typed: taken up.
+    summary = run_batch(f"{pictures}/../{pictures.name}/", out, model=str(model_path),
+                        workers=0, show_progress=False, resume=True)
     assert summary["resumed"] == CHUNK
 
 
