@@ -29,6 +29,7 @@ from typing import Any
 import click
 import numpy as np
 
+from maskcore import provenance
 from maskcore.dataset import scan
 from maskcore.decode import CHUNK, decode_refs, stack_inputs
 from maskcore.engine import DEFAULT_MODEL, Device, Engine, Precision
@@ -36,16 +37,6 @@ from maskcore.pool import default_workers, make_pool
 from maskcore.storage import LocalSource, Ref
 
 GPU_MARKER = "<!-- gpu section: kept by make bench -->"  # and everything after it
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _seeds_preprocess(path: Path, size: tuple[int, int]) -> np.ndarray:
@@ -330,15 +321,16 @@ def _write(path: Path, table: str, n: int, workers: int, engine: Engine) -> None
             whole = f"{face_gflops} + {whole}"
         cost = (f"the face and close-up networks paired: {face_gflops} GFLOPs a face crop, "
                 f"{whole} a whole picture")
-    versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("onnxruntime-gpu", "pillow",
-                                                                 "numpy") if _has(p))
+    installed = provenance.versions()
+    versions = ", ".join(f"{p} {installed[p]}" for p in ("onnxruntime-gpu", "pillow", "numpy")
+                         if p in installed)
     text = f"""# Benchmarks
 
 Written by `make bench` on {datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}.
 
 ## CPU
 
-Machine: {_cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}; {versions}.
+Machine: {provenance.cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}; {versions}.
 {variant} ({cost}),
 {n} pictures of the shared face-mask dataset (every k-th file), {workers} decode workers,
 batch 64, provider {engine.provider}. Numbers move by 10-20% between runs on a shared machine.

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's start-up chatter
 import tensorflow as tf  # noqa: E402
 from tensorflow import keras  # noqa: E402
 
+from maskcore import provenance  # noqa: E402
 from maskcore.card import INPUT_NAME, OUTPUT_NAME  # noqa: E402
 
 __all__ = ["TrainConfig", "augment_batch", "build_model", "count_flops", "fit", "float32_copy",
@@ -90,11 +90,7 @@ def setup_tensorflow(seed: int) -> list[str]:
 
 def _cpu_has_bf16() -> bool:
     """Whether this (Linux) CPU has bfloat16 dot-product instructions (AVX512_BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & provenance.cpu_flags())
 
 
 def resolve_compute(choice: str, gpus: list[str]) -> str:

@@ -1,4 +1,5 @@
-"""What a model was trained with: package versions and the machine, for its card.
+"""What a model was trained with (for its card) and a benchmark ran on: package versions and
+the machine. The one place that reads the processor's name and features.
 
 A fit is deterministic on one machine and not across machines: the same commit, data, seed and
 package versions gave the face detector's first epoch a class loss of 1.583 on a 2-core AVX-512
@@ -15,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["machine", "versions"]
+__all__ = ["cpu_flags", "cpu_name", "machine", "versions"]
 
 #: Packages whose version can change a trained model's bytes.
 PACKAGES = ("tensorflow-cpu", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime-gpu",
@@ -40,24 +41,41 @@ def versions() -> dict[str, str]:
     return out
 
 
-def machine(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def _cpuinfo_field(key: str, cpuinfo: str | Path) -> str | None:
+    """The first ``key`` line's value in ``cpuinfo`` (Linux); None where there is none."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                 if line.startswith(key)), None)
+
+
+def cpu_name(cpuinfo: str | Path = CPUINFO) -> str:
+    """The processor's name: its ``model name`` (Linux), else what ``platform`` says."""
+    return (_cpuinfo_field("model name", cpuinfo) or platform.processor() or platform.machine()
+            or "unknown")
+
+
+def cpu_flags(cpuinfo: str | Path = CPUINFO) -> set[str]:
+    """The processor's feature flags (Linux; empty elsewhere)."""
+    return set((_cpuinfo_field("flags", cpuinfo) or "").split())
+
+
+def machine(cpuinfo: str | Path = CPUINFO) -> dict[str, Any]:
     """The processor, the cores this process may use, and the settings that split the work.
 
     ``cpuinfo`` is read where it exists (Linux); elsewhere the processor is what ``platform``
     says and the features are not listed.
     """
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        text = ""
-    name = next((line.split(":", 1)[1].strip() for line in text.splitlines()
-                 if line.startswith("model name")), platform.processor() or platform.machine())
-    flags = next((set(line.split(":", 1)[1].split()) for line in text.splitlines()
-                  if line.startswith("flags")), set())
+    flags = cpu_flags(cpuinfo)
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return {"cpu": name, "cpu_features": [f for f in CPU_FEATURES if f in flags],
+    return {"cpu": cpu_name(cpuinfo), "cpu_features": [f for f in CPU_FEATURES if f in flags],
             "cores": cores,
             "environment": {k: os.environ[k] for k in ENVIRONMENT if k in os.environ}}

@@ -189,9 +189,10 @@ def _check_facts(stopped: dict[str, Path], facts: dict[str, Any]) -> None:
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot read the stopped run's settings ({path.name}): {exc}; run "
                          "without --resume to start over") from exc
-    # A run stopped by a maskcore that did not record its input yet is taken at its word there.
-    differ = [f"{key} {before.get(key)!r} then, {facts[key]!r} now" for key in COMPARED
-              if before.get(key, facts[key] if key == "input" else None) != facts[key]]
+    # A run stopped by a maskcore that did not record its input yet is not held to it.
+    compared = [key for key in COMPARED if key in before or key != "input"]
+    differ = [f"{key} {before.get(key)!r} then, {facts[key]!r} now" for key in compared
+              if before.get(key) != facts[key]]
     if differ:
         raise UsageError("the stopped run in the results folder had other settings ("
                          + "; ".join(differ) + "): resume with the same input, model, --faces "
