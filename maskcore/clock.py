@@ -8,12 +8,30 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-__all__ = ["file_stamp", "utc_now"]
+__all__ = ["file_stamp", "seconds_of", "stamp_at", "utc_now"]
 
 
 def utc_now(timespec: str = "milliseconds") -> str:
     """Now, e.g. ``2026-11-24T15:47:06.232Z`` (``timespec="seconds"``: without the fraction)."""
-    return datetime.now(timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")
+    return _iso(datetime.now(timezone.utc), timespec)
+
+
+def stamp_at(seconds: float, timespec: str = "seconds") -> str:
+    """A Unix time in the same format, e.g. for when something is due."""
+    return _iso(datetime.fromtimestamp(seconds, timezone.utc), timespec)
+
+
+def seconds_of(stamp: str) -> float | None:
+    """The Unix time of a stamp in this format (a row's ``processed_at``); None if it is not one."""
+    try:
+        when = datetime.fromisoformat(stamp)
+    except (TypeError, ValueError):
+        return None
+    return when.timestamp() if when.tzinfo is not None else None
+
+
+def _iso(when: datetime, timespec: str) -> str:
+    return when.isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def file_stamp() -> str:

@@ -12,7 +12,8 @@ on where the last one stopped; a batch in flight when a worker is killed has no 
 simply done again. The consolidated manifest holds one row per object: the latest row written
 for it (so an overwritten object shows its new content's result, and ``--reprocess`` replaces
 old rows). Rows whose object could not be read are recorded but not counted as done, so the next
-pass tries them again.
+pass tries them again; a watching worker waits longer before each further try of an object that
+stays unreadable (:func:`retry_wait`).
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from maskcore.clock import file_stamp, utc_now
+from maskcore.clock import file_stamp, seconds_of, utc_now
 from maskcore.manifest import ManifestWriter, is_transient, jsonl_records, rows_to_jsonl
 from maskcore.results import REPORT_NAME
 from maskcore.storage import Ref, S3Store
 
-__all__ = ["ResultsStore", "etag_field"]
+__all__ = ["RETRY_FIRST", "RETRY_MOST", "ResultsStore", "etag_field", "retry_wait"]
 
 #: GETs in flight while the ledger reads parts, and parts read per window (see refresh).
 READ_THREADS = 16
@@ -42,6 +43,22 @@ READ_WINDOW = 64
 CONSOLIDATED = (("manifest.jsonl", "application/x-ndjson"), ("manifest.csv", "text/csv"),
                 ("faces.jsonl", "application/x-ndjson"), ("faces.csv", "text/csv"),
                 ("summary.json", "application/json"))
+
+#: An object whose read failed (``error_kind`` ``read``) is not done, so a watching worker tries
+#: it again. One that stays unreadable (a permission the worker lacks, a key it cannot decrypt)
+#: was tried, and written as a new part, at every poll: some 6,600 parts a day at the default 10 s,
+#: every one read again by each worker that starts. So the next try comes RETRY_FIRST seconds
+#: after the first failure and twice as long after each further one, never more than RETRY_MOST
+#: apart: 12 tries in the first day, then 4 a day. The failures are counted from the parts, so a
+#: restarted worker keeps to the same wait; a fault that passes (throttling, a 5xx) is tried
+#: again within a minute.
+RETRY_FIRST = 60.0
+RETRY_MOST = 6 * 3600.0
+
+
+def retry_wait(failures: int) -> float:
+    """Seconds from an object's latest failed read to its next try, after ``failures`` of them."""
+    return min(RETRY_FIRST * 2.0 ** min(max(failures, 1) - 1, 64), RETRY_MOST)
 
 
 def etag_field(ref: Ref) -> dict[str, str]:
@@ -73,6 +90,8 @@ class ResultsStore:
         self._seq = 0
         self._seen_parts: set[str] = set()
         self._done: set[tuple[str, str]] = set()
+        # (source URL, ETag) -> (failed reads, the latest one's processed_at), for retry_at.
+        self._failed: dict[tuple[str, str], tuple[int, str]] = {}
         # source URL -> (processed_at, its latest row as the line it was read from). The bytes,
         # not the parsed dict: with the key and the done set, a street picture with 4 faces
         # takes 2.6 KB so, against 5.0 KB as a dict, and a worker holds the prefix's whole
@@ -121,11 +140,24 @@ class ResultsStore:
         prefix, and the same key and content in two buckets are two pictures."""
         return (url, etag) in self._done
 
+    def retry_at(self, url: str, etag: str) -> float | None:
+        """When an object whose reads failed may be tried again (Unix time, by
+        :func:`retry_wait`); None for an object with no failed read."""
+        failed = self._failed.get((url, etag))
+        if failed is None:
+            return None
+        count, latest = failed
+        return (seconds_of(latest) or 0.0) + retry_wait(count)
+
     def _absorb(self, records: list[tuple[dict[str, Any], bytes]]) -> None:
         for row, line in records:
             source, at = row["source"], str(row.get("processed_at", ""))
+            ident = (source, row.get("etag", ""))
             if not is_transient(row):
-                self._done.add((source, row.get("etag", "")))
+                self._done.add(ident)
+            else:
+                count, latest = self._failed.get(ident, (0, ""))
+                self._failed[ident] = (count + 1, max(latest, at))
             old = self._latest.get(source)
             if old is None or at >= old[0]:
                 self._latest[source] = (at, line)

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from maskcore.clock import utc_now
+from maskcore.clock import stamp_at, utc_now
 from maskcore.errors import StorageError, UsageError
 from maskcore.faces import Analyzer, results_id
 from maskcore.ledger import ResultsStore, etag_field
@@ -92,6 +92,7 @@ class Worker:
                                     self.engine.classes)
         self._stop = threading.Event()
         self._written: set[tuple[str, str]] = set()  # (s3 URL, etag) written by this run
+        self._waiting = 0  # objects left for a later try at the last listing (logged on change)
         self.totals = {"pictures": 0, "errors": 0, "batches": 0, "passes": 0}
 
     def request_stop(self) -> None:
@@ -103,11 +104,14 @@ class Worker:
         return self._stop.is_set()
 
     def pending(self) -> list[Ref]:
-        """Objects under the source prefix that still need a row for this model."""
+        """Objects under the source prefix that still need a row for this model, less those
+        whose reads failed and whose next try is not due yet (when watching)."""
         self.results.refresh()
         bucket = self.source.location.bucket
         i, n = self.cfg.shard
         todo = []
+        now = time.time()
+        waiting: list[float] = []  # when each object whose reads failed is due again
         for ref in self.source.list():
             if self.results.owns(bucket, ref.key):
                 continue  # our own results, when they live under the source prefix
@@ -115,8 +119,19 @@ class Worker:
                 continue
             done = ((ref.source, ref.etag) in self._written if self.cfg.reprocess
                     else self.results.is_done(ref.source, ref.etag))
-            if not done:
+            if done:
+                continue
+            # A watching worker tries an unreadable object again only when it is due (the
+            # ledger's retry_wait); a --once pass tries it once, its schedule being the wait.
+            due = None if self.cfg.once else self.results.retry_at(ref.source, ref.etag)
+            if due is not None and due > now:
+                waiting.append(due)
+            else:
                 todo.append(ref)
+        if len(waiting) != self._waiting:
+            self._waiting = len(waiting)
+            log_event("retry_later", objects=len(waiting),
+                      next_try=stamp_at(min(waiting)) if waiting else None)
         return todo
 
     def process(self, refs: list[Ref], progress: Progress | None = None) -> int:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from maskcore.ledger import ResultsStore
+from maskcore.clock import seconds_of
+from maskcore.ledger import RETRY_FIRST, RETRY_MOST, ResultsStore, retry_wait
 from maskcore.manifest import FACE_ROWS
 from maskcore.storage import S3Store
 
@@ -61,3 +62,28 @@ def test_a_new_store_reads_many_parts_and_keeps_each_objects_latest_row(s3_clien
     assert summary["total"] == n and summary["labels"] == {"with_mask": n - 1, "without_mask": 1}
     reader.refresh()  # nothing new: nothing read twice
     assert reader.consolidate()["total"] == n
+
+
+def test_an_object_that_stays_unreadable_is_tried_less_and_less_often(s3_client):
+    """Each failed read doubles the wait before the next try, up to a cap, and a new store
+    (a restarted worker) counts the failures from the parts alone."""
+    s3_client.create_bucket(Bucket="slow")
+    classes = ["with_mask", "without_mask"]
+    store = ResultsStore(S3Store("s3://slow/res/"), "m1", classes)
+    x, stamps = "s3://a/in/x.png", [f"2026-11-24T{h:02d}:00:00.000Z" for h in range(10)]
+    assert store.retry_at(x, "e1") is None  # never tried
+    store.write_part([{**_row(x, "e1", kind="read"), "processed_at": stamps[0]}])
+    assert store.retry_at(x, "e1") == seconds_of(stamps[0]) + RETRY_FIRST
+    store.write_part([{**_row(x, "e1", kind="read"), "processed_at": stamps[1]},
+                      {**_row("s3://a/in/y.png", "e2", kind="decode"), "processed_at": stamps[1]}])
+    assert store.retry_at(x, "e1") == seconds_of(stamps[1]) + 2 * RETRY_FIRST
+    assert store.retry_at("s3://a/in/y.png", "e2") is None  # not a picture: done, not retried
+    assert store.retry_at(x, "e2") is None  # the object overwritten: new content, a fresh start
+    for stamp in stamps[2:]:
+        store.write_part([{**_row(x, "e1", kind="read"), "processed_at": stamp}])
+    restarted = ResultsStore(S3Store("s3://slow/res/"), "m1", classes)
+    restarted.refresh()
+    assert restarted.retry_at(x, "e1") == seconds_of(stamps[-1]) + RETRY_MOST == \
+        store.retry_at(x, "e1")
+    assert [retry_wait(n) for n in (1, 2, 3, 100)] == [RETRY_FIRST, 2 * RETRY_FIRST,
+                                                       4 * RETRY_FIRST, RETRY_MOST]

@@ -200,6 +200,39 @@ def test_watch_mode_picks_up_new_objects_and_stops_on_sigterm(bucket, model_path
     assert '"event": "stopping"' in log and '"event": "batch"' in log
 
 
+@pytest.mark.slow
+def test_watch_mode_waits_before_trying_an_unreadable_object_again(bucket, model_path,
+                                                                    monkeypatch, s3):
+    """An object whose GET always fails gets one error row, not one at every poll, while the
+    loop goes on classifying what lands; a restarted worker keeps to the same wait."""
+    seed(bucket, 4, bad=False)
+
+    def rows_of(key: str) -> list[dict]:
+        return [r for r in part_rows(bucket) if key_of(r) == key]
+
+    with FaultyProxy(s3, slowdown_every=0, reset_every=0, always_fail="0001.jpg") as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        monkeypatch.setenv("MASKCORE_S3_ATTEMPTS", "1")
+        for new in (100, 200):  # a first worker, then one started after it
+            proc = start_worker(model_path, "--poll-interval", "0.2", "--max-wait", "0")
+            try:
+                wait_for(lambda: rows_of("incoming/0001.jpg"), 60, "the failed read's row")
+                seed(bucket, 1, bad=False, start=new)
+                wait_for(lambda n=new: rows_of(f"incoming/{n:04d}.jpg"), 60, "a new object's row")
+                time.sleep(2)  # some ten polls more
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                code = proc.wait(30)
+            log = proc.stderr.read()
+            assert code == 0, log[-2000:]
+            assert '"event": "retry_later", "objects": 1' in log
+    failed = rows_of("incoming/0001.jpg")
+    assert len(failed) == 1 and failed[0]["error"].startswith("cannot read"), failed
+    assert failed[0]["error_kind"] == "read"
+    ok = sorted(key_of(r) for r in part_rows(bucket) if r["status"] == "ok")
+    assert ok == [f"incoming/{i:04d}.jpg" for i in (0, 2, 3, 100, 200)]  # each once
+
+
 def _manifest_len(client) -> int:
     try:
         return len(manifest(client))
