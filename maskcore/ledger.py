@@ -155,7 +155,8 @@ class ResultsStore:
             ident = (source, row.get("etag", ""))
             if not is_transient(row):
                 self._done.add(ident)
-            else:
+                self._failed.pop(ident, None)  # done: its failed reads no longer matter
+            elif ident not in self._done:
                 count, latest = self._failed.get(ident, (0, ""))
                 self._failed[ident] = (count + 1, max(latest, at))
             old = self._latest.get(source)

@@ -85,5 +85,7 @@ def test_an_object_that_stays_unreadable_is_tried_less_and_less_often(s3_client)
     restarted.refresh()
     assert restarted.retry_at(x, "e1") == seconds_of(stamps[-1]) + RETRY_MOST == \
         store.retry_at(x, "e1")
+    store.write_part([{**_row(x, "e1"), "processed_at": stamps[-1]}])  # read at last
+    assert store.is_done(x, "e1") and store.retry_at(x, "e1") is None
     assert [retry_wait(n) for n in (1, 2, 3, 100)] == [RETRY_FIRST, 2 * RETRY_FIRST,
                                                        4 * RETRY_FIRST, RETRY_MOST]
